@@ -1,0 +1,1 @@
+"""unet_jax: a MobileNetV2 U-Net for semantic segmentation in JAX/Flax."""

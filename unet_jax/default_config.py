@@ -1,0 +1,66 @@
+"""Every config field with its default; the files in `configs/` start from this and override.
+
+Configs are plain data: the trainer reads them, nothing here runs code. A field set to -1 means
+"derive it" (documented per field), so every field keeps one type and `--config.x=y` overrides
+parse without surprises.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # Optimisation. `batch_size` is global (all devices of all processes).
+  config.batch_size = 64
+  config.num_epochs = 20
+  config.num_train_steps = -1  # -1: num_epochs * (train examples // batch_size).
+  config.optimizer = "adam"  # "adam" | "adamw" | "sgd".
+  config.learning_rate = 1e-3  # Keras' Adam default, as in the tutorial.
+  config.lr_schedule = "constant"  # "constant" | "cosine" (with `warmup_steps` of linear warmup).
+  config.warmup_steps = 0
+  config.weight_decay = 0.0  # Used by "adamw".
+  config.grad_clip_norm = 0.0  # 0: no clipping.
+  # Second phase: from this step on the encoder trains too, at its own learning rate. -1: never.
+  config.unfreeze_at_step = -1
+  config.encoder_learning_rate = 1e-5
+
+  # Loss: softmax cross-entropy, optional per-class weights (empty: uniform) and Dice term.
+  config.class_weights = ()
+  config.dice_weight = 0.0
+
+  # Cadence. -1 for eval/checkpoint means "once per epoch".
+  config.log_every_steps = 50
+  config.eval_every_steps = -1
+  config.checkpoint_every_steps = -1
+  config.max_to_keep = 3
+  config.num_prediction_examples = 3  # Rows of the predictions/step_XXXXXX.png figure.
+
+  config.model = ml_collections.ConfigDict()
+  config.model.num_classes = 3
+  config.model.alpha = 1.0
+  config.model.decoder_filters = (512, 256, 128, 64)
+  config.model.upsample = "transpose"  # "transpose" | "nearest".
+  config.model.dropout_rate = 0.0
+  config.model.freeze_encoder = True
+  # "imagenet" (Keras' official weights, cached in ~/.keras/models), a path to a Keras .h5, or "" for random init.
+  config.model.pretrained = "imagenet"
+  config.model.dtype = "float32"  # "bfloat16" computes in bf16 with float32 parameters.
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "oxford_iiit_pet"  # "oxford_iiit_pet" | "synthetic_pets" | "folder".
+  config.data.data_dir = ""  # tfds data_dir; "" means tfds' default (~/tensorflow_datasets or $TFDS_DATA_DIR).
+  config.data.image_size = 128
+  # "minus_one_to_one" (x / 127.5 - 1, what the MobileNetV2 encoder was trained with) or
+  # "zero_to_one" (x / 255, the TF tutorial's choice).
+  config.data.normalization = "minus_one_to_one"
+  config.data.train_split = "train"
+  config.data.eval_split = "test"
+  config.data.shuffle_buffer = 1000
+  config.data.cache = True
+  config.data.augment = ml_collections.ConfigDict()
+  config.data.augment.flip = True
+  config.data.augment.scale_crop = False
+  config.data.augment.color = False
+  return config
