@@ -1,0 +1,104 @@
+"""Joins this process to a multi-process JAX run (TPU pod slice, GPU cluster, or CPU rehearsal).
+
+`initialize` must run before anything touches a JAX backend (even `jax.devices()`): the backend is
+built once, and only a backend built after `jax.distributed.initialize` sees the other processes'
+devices. A single-process run needs nothing, so the trainer calls it unconditionally.
+"""
+
+import importlib.util
+import os
+
+import jax
+from absl import logging
+
+# Set on GKE TPU pods and multislice jobs; their presence alone means "a TPU cluster launched us".
+_TPU_CLUSTER_ENV_VARS = ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "MEGASCALE_COORDINATOR_ADDRESS")
+
+
+def initialize(coordinator_address: str = "", num_processes: int = -1, process_id: int = -1) -> None:
+  """Starts `jax.distributed` when this run spans several processes; otherwise does nothing.
+
+  Explicit arguments win over the environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES
+  and JAX_PROCESS_ID ("" / -1 mean "not given"). With none of them, a Cloud TPU VM lets JAX discover
+  the slice itself (worker list and ids from the TPU metadata); anywhere else it is a single process.
+  Calling it again after a successful start is a no-op, so tests may run the trainer twice.
+  """
+  if jax.distributed.is_initialized():
+    return
+  coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+  if num_processes < 0:
+    num_processes = _int_from_env("JAX_NUM_PROCESSES")
+  if process_id < 0:
+    process_id = _int_from_env("JAX_PROCESS_ID")
+
+  if not coordinator_address and num_processes < 0 and process_id < 0:
+    if _on_cloud_tpu_vm():
+      jax.distributed.initialize()
+    return
+  _check_explicit(coordinator_address, num_processes, process_id)
+  if num_processes == 1:
+    return
+  # CPU processes exchange collectives over TCP with gloo; without it a cross-process psum on CPU fails.
+  # It only configures the CPU client, so GPU processes are unaffected.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  logging.info("Joining a %d-process run as process %d via coordinator %s.", num_processes, process_id,
+               coordinator_address)
+  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                             process_id=process_id)
+
+
+def describe_run(mesh: jax.sharding.Mesh, global_batch_size: int) -> str:
+  """The run's start line: who takes part, on which devices, and how the batch splits.
+
+  The trainer logs it once (on process 0); every number a multi-host bug report needs is in it.
+  """
+  local_devices = jax.local_devices()
+  kinds = sorted({d.device_kind for d in local_devices})
+  mesh_shape = ", ".join(f"{name}={size}" for name, size in mesh.shape.items())
+  return (f"processes={jax.process_count()} devices={jax.device_count()} "
+          f"local_devices={len(local_devices)} ({', '.join(kinds)}) mesh=({mesh_shape}) "
+          f"global_batch={global_batch_size} local_batch={global_batch_size // jax.process_count()}")
+
+
+def _int_from_env(name: str) -> int:
+  value = os.environ.get(name, "")
+  if not value:
+    return -1
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f"Environment variable {name}={value!r} is not an integer; set it to a whole number "
+                     f"or unset it for a single-process run.") from None
+
+
+def _check_explicit(coordinator_address: str, num_processes: int, process_id: int) -> None:
+  """Fails early, naming the missing piece, instead of letting every process wait out a timeout."""
+  missing = [name for name, unset in (("coordinator_address (JAX_COORDINATOR_ADDRESS)", not coordinator_address),
+                                      ("num_processes (JAX_NUM_PROCESSES)", num_processes < 0),
+                                      ("process_id (JAX_PROCESS_ID)", process_id < 0)) if unset]
+  if missing:
+    raise ValueError(f"A multi-process run needs coordinator_address, num_processes and process_id together; "
+                     f"missing: {', '.join(missing)}. Got coordinator_address={coordinator_address!r}, "
+                     f"num_processes={num_processes}, process_id={process_id}. Give all three (flags or "
+                     f"environment variables), or none of them for a single process.")
+  host, _, port = coordinator_address.rpartition(":")
+  if not host or not port.isdigit():
+    raise ValueError(f"coordinator_address={coordinator_address!r} must be HOST:PORT of process 0, "
+                     f"e.g. '10.0.0.1:1234' or 'localhost:12355'.")
+  if num_processes < 1 or not 0 <= process_id < num_processes:
+    raise ValueError(f"process_id={process_id} must be in [0, num_processes={num_processes}); number the "
+                     f"processes 0, 1, ..., num_processes - 1 with process 0 on the coordinator's host.")
+
+
+def _on_cloud_tpu_vm() -> bool:
+  """True on a Cloud TPU VM, decided from local state only (no metadata-server call on other machines).
+
+  JAX's own check at import time looks for libtpu and TPU chips on the PCI bus; GKE/multislice pods
+  also announce themselves through environment variables.
+  """
+  if any(os.environ.get(name) for name in _TPU_CLUSTER_ENV_VARS):
+    return True
+  if importlib.util.find_spec("libtpu") is None:
+    return False
+  from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
+  return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
