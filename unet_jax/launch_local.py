@@ -68,8 +68,9 @@ def launch(command: Sequence[str], *, num_processes: int, local_devices: int = 1
 
   deadline = None if timeout_s is None else time.monotonic() + timeout_s
   timed_out = False
-  while any(proc.poll() is None for proc in procs):
-    if any(proc.returncode not in (None, 0) for proc in procs):
+  while True:
+    codes = [proc.poll() for proc in procs]  # Poll every process: a failure anywhere ends the wait.
+    if None not in codes or any(code not in (None, 0) for code in codes):
       break
     if deadline is not None and time.monotonic() > deadline:
       timed_out = True
