@@ -46,6 +46,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.freeze_encoder = True
   # "imagenet" (Keras' official weights, cached in ~/.keras/models), a path to a Keras .h5, or "" for random init.
   config.model.pretrained = "imagenet"
+  # Which of Keras' ImageNet files (trained at 96..224 px); -1: as Keras picks it from data.image_size
+  # (`pretrained.keras_default_rows`: the size itself when Keras publishes it, else 224).
+  config.model.imagenet_rows = -1
   config.model.dtype = "float32"  # "bfloat16" computes in bf16 with float32 parameters.
 
   config.data = ml_collections.ConfigDict()

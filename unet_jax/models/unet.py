@@ -1,0 +1,101 @@
+"""The TF segmentation tutorial's U-Net: a MobileNetV2 encoder and pix2pix upsample blocks.
+
+Variables: the encoder is the subtree "encoder" (Keras layer names inside); the decoder blocks are "up_0".."up_3"
+(deepest first), each a "conv" and a "bn"; "last" is the final stride-2 transpose conv to the class logits.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from unet_jax.models.mobilenet_v2 import TAPS, MobileNetV2
+
+UPSAMPLE_MODES = ("transpose", "nearest")
+# The encoder's output stride: each spatial size must divide by it so that every skip lines up with its upsampling.
+INPUT_MULTIPLE = 32
+
+_PIX2PIX_KERNEL_INIT = nn.initializers.normal(stddev=0.02)  # pix2pix.upsample's tf.random_normal_initializer(0, 0.02).
+_KERAS_KERNEL_INIT = nn.initializers.glorot_uniform()  # Keras' default, for the last Conv2DTranspose.
+
+
+def upsample_conv(x: jax.Array, features: int, *, mode: str, use_bias: bool, kernel_init: Any, dtype: Any,
+                  name: str) -> jax.Array:
+  """A 3x3 layer that doubles height and width: Keras' Conv2DTranspose(strides=2, padding='same'), or x2 nearest
+  upsampling followed by a 3x3 conv.
+
+  `transpose_kernel=True` stores the kernel as Keras does, (kh, kw, out, in), and applies it as the gradient of a
+  forward conv (spatially flipped, in/out swapped), which is what TF's conv2d_transpose computes; with 'SAME' padding
+  lax pads the dilated input (2, 1), giving exactly Keras' output size 2n and alignment.
+  """
+  if mode == "transpose":
+    return nn.ConvTranspose(
+      features, (3, 3), strides=(2, 2), padding="SAME", transpose_kernel=True, use_bias=use_bias,
+      kernel_init=kernel_init, dtype=dtype, name=name)(x)
+  x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+  return nn.Conv(features, (3, 3), padding="SAME", use_bias=use_bias, kernel_init=kernel_init, dtype=dtype,
+                 name=name)(x)
+
+
+class UpsampleBlock(nn.Module):
+  """pix2pix.upsample: upsampling conv (no bias), BatchNorm with Keras' defaults, optional dropout, ReLU."""
+  filters: int
+  upsample: str = "transpose"
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = upsample_conv(x, self.filters, mode=self.upsample, use_bias=False, kernel_init=_PIX2PIX_KERNEL_INIT,
+                      dtype=self.dtype, name="conv")
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, dtype=self.dtype, name="bn")(x)
+    if self.dropout_rate:
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.relu(x)
+
+
+class UNet(nn.Module):
+  """`__call__(images [N, H, W, 3] in [-1, 1], train)` -> float32 logits [N, H, W, num_classes].
+
+  With `freeze_encoder` the encoder's BatchNorm always uses its running statistics, as Keras does for a layer with
+  `trainable=False`, so its batch_stats never change (masking its parameters out of the update is the optimizer's job).
+  Dropout draws from the "dropout" rng collection.
+  """
+  num_classes: int = 3
+  alpha: float = 1.0
+  decoder_filters: Sequence[int] = (512, 256, 128, 64)
+  upsample: str = "transpose"
+  dropout_rate: float = 0.0
+  freeze_encoder: bool = True
+  dtype: Any = jnp.float32
+
+  def _check(self, images: jax.Array) -> None:
+    if self.upsample not in UPSAMPLE_MODES:
+      raise ValueError(f"UNet(upsample={self.upsample!r}) is not one of {UPSAMPLE_MODES}.")
+    if len(self.decoder_filters) != len(TAPS) - 1:
+      raise ValueError(
+        f"UNet(decoder_filters={tuple(self.decoder_filters)}) needs {len(TAPS) - 1} entries, one upsample block per "
+        f"encoder skip, e.g. (512, 256, 128, 64).")
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f"UNet expects RGB images shaped [N, H, W, 3]; got shape {images.shape}.")
+    height, width = images.shape[1:3]
+    if height % INPUT_MULTIPLE or width % INPUT_MULTIPLE:
+      raise ValueError(
+        f"UNet needs height and width that are multiples of {INPUT_MULTIPLE} (the encoder's output stride); got "
+        f"{height}x{width}. Resize or crop the images, e.g. to "
+        f"{max(INPUT_MULTIPLE, height // INPUT_MULTIPLE * INPUT_MULTIPLE)}x"
+        f"{max(INPUT_MULTIPLE, width // INPUT_MULTIPLE * INPUT_MULTIPLE)}.")
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    self._check(images)
+    skips = MobileNetV2(self.alpha, self.dtype, name="encoder")(images, train=train and not self.freeze_encoder)
+    x = skips[-1]
+    for index, (filters, skip) in enumerate(zip(self.decoder_filters, reversed(skips[:-1]))):
+      x = UpsampleBlock(filters, self.upsample, self.dropout_rate, self.dtype, name=f"up_{index}")(x, train)
+      x = jnp.concatenate([x, skip], axis=-1)
+    x = upsample_conv(x, self.num_classes, mode=self.upsample, use_bias=True, kernel_init=_KERAS_KERNEL_INIT,
+                      dtype=self.dtype, name="last")
+    return x.astype(jnp.float32)
