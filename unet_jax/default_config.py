@@ -63,7 +63,25 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.shuffle_buffer = 1000
   config.data.cache = True
   config.data.augment = ml_collections.ConfigDict()
-  config.data.augment.flip = True
-  config.data.augment.scale_crop = False
-  config.data.augment.color = False
+  config.data.augment.flip = True  # Random horizontal flip, the same for image and mask.
+  config.data.augment.scale_crop = False  # Zoom in by a random factor in [1, max_zoom] on a random window.
+  config.data.augment.max_zoom = 1.5
+  config.data.augment.color = False  # Random brightness and contrast.
+  config.data.augment.brightness = 0.1  # Largest shift, as a fraction of the 0..255 range.
+  config.data.augment.contrast = 0.2  # Contrast factor drawn from [1 - contrast, 1 + contrast].
+  # Used when name == "folder": <root>/<images>/X.jpg pairs with <root>/<masks>/X.png (matched by stem).
+  config.data.folder = ml_collections.ConfigDict()
+  config.data.folder.root = ""
+  config.data.folder.images = "images"
+  config.data.folder.masks = "masks"
+  # Raw mask value -> class id as "raw:class,...", e.g. "1:0,2:1,3:2" (pet trimaps) or "0:0,255:1" (binary masks).
+  # "": raw values are the class ids.
+  config.data.folder.mask_value_map = ""
+  # Split list files relative to root (first token of each line is a stem, as in the Oxford-IIIT Pet
+  # annotations/trainval.txt). Without lists, a seeded `test_fraction` of the stems is the "test" split.
+  config.data.folder.train_list = ""
+  config.data.folder.test_list = ""
+  config.data.folder.test_fraction = 0.2
+  config.data.folder.split_seed = 0
+  config.data.folder.skip_bad_files = False  # True: log and skip unreadable or mismatched pairs instead of failing.
   return config
