@@ -62,8 +62,8 @@ def _pixel_noise(rng: np.random.Generator, shape: tuple[int, ...], max_size: int
 def _blob_field(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, scale: float) -> np.ndarray:
   """A smooth random blob on the grid of column `y` [H, 1] and row `x` [1, W]: positive inside, 0 on the outline."""
   h, w = y.shape[0], x.shape[1]
-  # The centre may lie outside the image, so objects are often cut by the edge.
-  cy, cx = rng.uniform(-0.1, 1.1) * h, rng.uniform(-0.1, 1.1) * w
+  # Centres anywhere but the very edge: objects are often, not always, cut by the image edge.
+  cy, cx = rng.uniform(0.05, 0.95) * h, rng.uniform(0.05, 0.95) * w
   field = np.full((h, w), -0.5, np.float32)
   for _ in range(rng.integers(2, 6)):  # A sum of rotated anisotropic Gaussian bumps around the centre.
     oy, ox = rng.normal(0.0, 0.5 * scale, 2).tolist()

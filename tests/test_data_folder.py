@@ -1,0 +1,237 @@
+"""The folder dataset on generated files (every image format, palette masks, bad files) and on ../shared data."""
+
+import importlib.util
+import itertools
+import logging
+import pathlib
+import re
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from unet_jax import data, default_config
+from unet_jax.data import folder
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+COLOURS = np.array([(200, 30, 30), (30, 200, 30), (30, 30, 200)], np.uint8)  # Class c is drawn in COLOURS[c].
+GREYS = np.array([60, 120, 180], np.uint8)  # ... or in GREYS[c] for the grayscale image.
+RAW = np.array([10, 20, 30], np.uint8)  # Raw mask values of classes 0, 1, 2.
+VALUE_MAP = "10:0,20:1,30:2"
+H, W = 24, 36
+FORMATS = {"s00": "png", "s01": "jpeg", "s02": "gif", "s03": "rgba", "s04": "grey"}  # s05..s09: png.
+
+
+def bands(h: int = H, w: int = W) -> np.ndarray:
+  """Class ids in three vertical bands (left 0, middle 1, right 2)."""
+  return np.broadcast_to(np.arange(w) * 3 // w, (h, w))
+
+
+def write_pair(root: pathlib.Path, stem: str, kind: str = "png", mask_size: tuple[int, int] = (H, W)) -> None:
+  classes = bands()
+  colour, grey = COLOURS[classes], GREYS[classes]
+  colour[:2, :2] = grey[:2, :2] = 20 * int(stem[1:]) + 5  # A corner that tells the examples apart.
+  images, masks = root / "images", root / "masks"
+  images.mkdir(parents=True, exist_ok=True)
+  masks.mkdir(parents=True, exist_ok=True)
+  if kind == "jpeg":
+    Image.fromarray(colour).save(images / f"{stem}.jpg", quality=95)
+  elif kind == "gif":  # A GIF behind a .jpg name, like Abyssinian_34 in the pets release.
+    Image.fromarray(colour).convert("P", palette=Image.Palette.ADAPTIVE, colors=8).save(images / f"{stem}.jpg", "GIF")
+  elif kind == "rgba":
+    alpha = np.random.default_rng(0).integers(0, 256, (H, W, 1), dtype=np.uint8)
+    Image.fromarray(np.concatenate([colour, alpha], -1)).save(images / f"{stem}.png")
+  elif kind == "grey":
+    Image.fromarray(grey).save(images / f"{stem}.png")
+  else:
+    Image.fromarray(colour).save(images / f"{stem}.png")
+  raw = RAW[bands(*mask_size)]
+  mask = Image.fromarray(raw)
+  if int(stem[1:]) % 2:  # Palette masks: the indices are the raw values, whatever colours the palette holds.
+    mask = mask.convert("P")
+    mask.putpalette(np.random.default_rng(1).integers(0, 256, 768, dtype=np.uint8).tobytes())
+    mask.frombytes(raw.tobytes())
+  mask.save(masks / f"{stem}.png")
+
+
+@pytest.fixture
+def root(tmp_path) -> pathlib.Path:
+  for i in range(10):
+    write_pair(tmp_path, f"s{i:02d}", FORMATS.get(f"s{i:02d}", "png"))
+  return tmp_path
+
+
+def folder_config(root: pathlib.Path | str, **folder_fields) -> "ml_collections.ConfigDict":
+  config = default_config.get_config().data
+  config.name = "folder"
+  config.image_size = 24
+  config.shuffle_buffer = 16
+  config.folder.root = str(root)
+  config.folder.mask_value_map = VALUE_MAP
+  config.folder.update(folder_fields)
+  return config
+
+
+def eval_all(config, split="all", **kwargs) -> tuple[np.ndarray, np.ndarray]:
+  batches = list(data.eval_batches(config, global_batch_size=10, split=split, **kwargs))
+  real = np.concatenate([b["weight"] for b in batches]) == 1
+  return (np.concatenate([b["image"] for b in batches])[real], np.concatenate([b["mask"] for b in batches])[real])
+
+
+def test_every_image_format_decodes_to_rgb_and_masks_map_to_classes(root):
+  images, masks = eval_all(folder_config(root))
+  assert images.shape == (10, 24, 24, 3) and masks.shape == (10, 24, 24) and masks.dtype == np.int32
+  pixels = np.round((images + 1) * 127.5)
+  centres = [4, 12, 20]  # Band centres after the 36 -> 24 px resize.
+  for stem, image, mask in zip(sorted(f"s{i:02d}" for i in range(10)), pixels, masks):
+    np.testing.assert_array_equal(mask[:, centres], np.broadcast_to([0, 1, 2], (24, 3)))  # L and palette masks.
+    expected = GREYS[:, None].repeat(3, 1) if FORMATS.get(stem) == "grey" else COLOURS  # Grey replicated to RGB.
+    tolerance = 8 if FORMATS.get(stem) == "jpeg" else 0
+    np.testing.assert_allclose(image[12, centres], expected, atol=tolerance, err_msg=stem)
+
+
+def test_flip_and_zoom_keep_image_and_mask_aligned(root):
+  config = folder_config(root)
+  config.augment.scale_crop = True
+  flipped = checked = 0
+  for batch in itertools.islice(data.train_batches(config, global_batch_size=4, seed=0), 6):
+    pixels = np.round((batch["image"] + 1) * 127.5)
+    for image, mask in zip(pixels, batch["mask"]):
+      flipped += mask[0, 0] == 2
+      for class_id, colour in enumerate(COLOURS):  # Where a pixel is exactly a class colour, the mask agrees.
+        exact = np.all(np.abs(image - colour) <= 1, axis=-1)
+        if exact.sum() > 20:
+          assert np.mean(mask[exact] == class_id) > 0.97
+          checked += 1
+  assert flipped > 0 and checked > 30
+
+
+def test_splits_by_seeded_fraction_are_disjoint_and_complete(root):
+  config = folder_config(root, test_fraction=0.3, split_seed=1)
+  train, test = folder.split_pairs(config, "train"), folder.split_pairs(config, "test")
+  assert len(train) == 7 and len(test) == 3
+  assert sorted(p.stem for p in train + test) == [f"s{i:02d}" for i in range(10)]
+  assert folder.split_pairs(config, "test") == test
+  assert [p.stem for p in train] == sorted(p.stem for p in train)
+  other = folder_config(root, test_fraction=0.3, split_seed=2)
+  assert folder.split_pairs(other, "test") != test
+
+
+def test_splits_by_list_files(root):
+  (root / "train.txt").write_text("# stem class species breed\ns01 1 1 1\ns05 1 1 1\ns02 2 2 1\n")
+  (root / "test.txt").write_text("s03 1 1 1\n")
+  config = folder_config(root, train_list="train.txt", test_list="test.txt")
+  assert [p.stem for p in folder.split_pairs(config, "train")] == ["s01", "s02", "s05"]
+  assert [p.stem for p in folder.split_pairs(config, "test")] == ["s03"]
+  only_train = folder_config(root, train_list="train.txt")
+  assert data.num_examples(only_train, "test") == 7  # Everything the train list leaves out.
+  (root / "train.txt").write_text("s01\nnope\n")
+  with pytest.raises(ValueError, match=r"1 stem\(s\) of .*train.txt have no usable image/mask pair.*'nope'"):
+    data.num_examples(folder_config(root, train_list="train.txt"), "train")
+  assert data.num_examples(folder_config(root, train_list="train.txt", skip_bad_files=True), "train") == 1
+
+
+def test_process_shards_cover_the_split_once(root):
+  config = folder_config(root)
+  seen, counts = [], set()
+  for process in range(3):
+    batches = list(data.eval_batches(config, global_batch_size=6, split="all", process_index=process,
+                                     process_count=3))
+    counts.add(len(batches))
+    seen += [image.tobytes() for batch in batches for image in batch["image"][batch["weight"] == 1]]
+  everything = [image.tobytes() for image in eval_all(config)[0]]
+  assert len(set(everything)) == 10
+  assert counts == {2} and sorted(seen) == sorted(everything)
+
+
+@pytest.mark.parametrize("text,expected", [("1:0,2:1,3:2", {1: 0, 2: 1, 3: 2}), ("{0: 0, 255: 1}", {0: 0, 255: 1}),
+                                           ("", {}), (" 0:1 , 255:0 ", {0: 1, 255: 0})])
+def test_parse_value_map(text, expected):
+  assert folder.parse_value_map(text) == expected
+
+
+@pytest.mark.parametrize("text", ["1=0", "1:0,1:2", "0:300"])
+def test_parse_value_map_rejects_bad_maps(text):
+  with pytest.raises(ValueError, match=re.escape(repr(text))):
+    folder.parse_value_map(text)
+
+
+def bad_file_cases(root: pathlib.Path) -> dict[str, str]:
+  """Each case breaks one pair in its own copy of the folder; returns the expected error pattern."""
+  return {
+      "unreadable": r"cannot read image .*s00\.png",
+      "size": r"image .*s05\.png is 36x24 but its mask .*s05\.png is 30x24",
+      "values": r"mask .*s02\.png has values \[99\] outside mask_value_map",
+      "missing_mask": r"image .*s03\.png has no mask named s03\.\*",
+      "colour_mask": r"mask .*s04\.png is a colour image",
+  }
+
+
+def break_pair(root: pathlib.Path, case: str) -> None:
+  if case == "unreadable":
+    (root / "images" / "s00.png").write_bytes(b"not an image")
+  elif case == "size":
+    write_pair(root, "s05", mask_size=(H, 30))
+  elif case == "values":
+    mask = RAW[bands()].copy()
+    mask[0, 0] = 99
+    Image.fromarray(mask).save(root / "masks" / "s02.png")
+  elif case == "missing_mask":
+    write_pair(root, "s03")
+    (root / "masks" / "s03.png").unlink()
+  else:
+    Image.fromarray(COLOURS[bands()]).save(root / "masks" / "s04.png")
+
+
+@pytest.mark.parametrize("case", ["unreadable", "size", "values", "missing_mask", "colour_mask"])
+def test_bad_files_are_clear_errors_or_logged_skips(root, case, caplog):
+  break_pair(root, case)
+  pattern = bad_file_cases(root)[case]
+  with pytest.raises(ValueError, match=pattern + r".*skip_bad_files=True"):
+    data.num_examples(folder_config(root), "all")
+  with caplog.at_level(logging.WARNING):
+    assert data.num_examples(folder_config(root, skip_bad_files=True), "all") == 9
+  assert re.search(pattern, caplog.text)
+
+
+def test_missing_folders_are_clear_errors(tmp_path):
+  with pytest.raises(ValueError, match="needs --config.data.folder.root=DIR"):
+    data.num_examples(folder_config(""), "train")
+  with pytest.raises(data.DatasetNotFoundError, match="images.*is not a directory"):
+    data.num_examples(folder_config(tmp_path), "train")
+  with pytest.raises(ValueError, match="split 'validation' does not exist.*'train', 'test', 'all'"):
+    data.num_examples(folder_config(tmp_path), "validation")
+
+
+def load_config(name: str):
+  spec = importlib.util.spec_from_file_location(f"configs_{name}", REPO_ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_pets_sample_through_the_documented_folder_command(shared_dir, tmp_path):
+  module = load_config("folder")
+  config = module.get_config().data
+  for field, value in re.findall(r"--config\.data\.folder\.(\w+)=(\S+)", module.__doc__):
+    config.folder[field] = value.replace("../shared", str(shared_dir))
+  assert data.num_examples(config, "train") == 300 and data.num_examples(config, "test") == 298
+  # The release's quirks: Abyssinian_34 is a GIF and Abyssinian_5 an RGBA PNG, both named .jpg.
+  (tmp_path / "quirks.txt").write_text("Abyssinian_34\nAbyssinian_5\nBengal_1\n")
+  config.folder.train_list = str(tmp_path / "quirks.txt")
+  config.image_size = 32
+  images, masks = eval_all(config, split="train")
+  assert images.shape == (3, 32, 32, 3) and -1 <= images.min() < images.max() <= 1
+  assert set(np.unique(masks[0])) == {1}  # Abyssinian_34's trimap is all background.
+  assert set(np.unique(masks[1:])) == {0, 1, 2}
+
+
+def test_membrane_config_reads_grayscale_em_slices(shared_dir):
+  config = load_config("membrane").get_config().data
+  config.folder.root = str(REPO_ROOT / config.folder.root)
+  config.image_size = 64
+  assert data.num_examples(config, "train") == 24 and data.num_examples(config, "test") == 6
+  images, masks = eval_all(config, split="test")
+  assert images.shape == (6, 64, 64, 3)
+  np.testing.assert_array_equal(images[..., 0], images[..., 2])  # Grey replicated to 3 channels.
+  assert set(np.unique(masks)) == {0, 1} and 0.1 < masks.mean() < 0.35  # Membrane (class 1) is about 22%.
