@@ -34,8 +34,8 @@ def randomize(model, seed: int) -> None:
     layer.set_weights(weights)
 
 
-def keras_taps_model(keras_module, base):
-  return keras_module.Model(base.input, [base.get_layer(name).output for name in TAPS])
+def keras_taps_model(base):
+  return tf_keras.Model(base.input, [base.get_layer(name).output for name in TAPS])
 
 
 def assert_close(actual, expected, rtol: float = 1e-4) -> None:
@@ -71,7 +71,7 @@ def test_encoder_taps_match_keras_through_h5(tmp_path, alpha, height, width):
   path = tmp_path / "mobilenet_v2.h5"
   base.save_weights(path)  # The legacy HDF5 layout of Keras' official files.
   images = np.random.default_rng(0).uniform(-1, 1, (2, height, width, 3)).astype(np.float32)
-  expected = keras_taps_model(tf_keras, base)(images, training=False)
+  expected = keras_taps_model(base)(images, training=False)
 
   variables = pretrained.mobilenet_v2_variables_from_h5(path)  # alpha inferred from the shapes.
   taps = apply_eval(MobileNetV2(alpha), variables, images)
@@ -80,23 +80,6 @@ def test_encoder_taps_match_keras_through_h5(tmp_path, alpha, height, width):
   for name, actual, reference in zip(TAPS, taps, expected):
     assert actual.dtype == jnp.float32, name
     assert_close(actual, reference)
-
-
-def test_encoder_reads_keras3_weights_file(tmp_path):
-  keras = pytest.importorskip("keras")
-  if int(keras.__version__.split(".")[0]) < 3:
-    pytest.skip("the .weights.h5 layout is Keras 3's")
-  base = keras.applications.MobileNetV2(input_shape=(64, 96, 3), alpha=0.35, include_top=False, weights=None)
-  randomize(base, seed=3)
-  path = tmp_path / "mobilenet_v2.weights.h5"
-  base.save_weights(path)
-  images = np.random.default_rng(1).uniform(-1, 1, (1, 64, 96, 3)).astype(np.float32)
-  expected = keras_taps_model(keras, base)(images, training=False)
-
-  taps = apply_eval(MobileNetV2(0.35), pretrained.mobilenet_v2_variables_from_h5(path, alpha=0.35), images)
-
-  for actual, reference in zip(taps, expected):
-    assert_close(actual, np.asarray(reference))
 
 
 class TransposeUpsample(nn.Module):
@@ -124,19 +107,21 @@ def test_transpose_conv_matches_keras_conv2d_transpose(height, width):
   assert_close(actual, layer(x).numpy(), rtol=1e-5)
 
 
-def keras_tutorial_unet(alpha: float, height: int, width: int, num_classes: int = 3,
+def keras_tutorial_unet(keras, alpha: float, height: int, width: int, num_classes: int = 3,
                         decoder_filters=(512, 256, 128, 64), dropout_blocks=()):
-  """The TF segmentation tutorial's `unet_model`, with `pix2pix.upsample` written out (same layers, same order)."""
-  layers = tf_keras.layers
-  base = tf_keras.applications.MobileNetV2(
-    input_shape=[height, width, 3], alpha=alpha, include_top=False, weights=None)
-  down_stack = tf_keras.Model(inputs=base.input, outputs=[base.get_layer(name).output for name in TAPS])
+  """The TF segmentation tutorial's `unet_model`, with `pix2pix.upsample` written out (same layers, same order).
+
+  `keras` is tf_keras (Keras 2) or Keras 3; returns the model, its down stack and the MobileNetV2 it comes from.
+  """
+  layers = keras.layers
+  base = keras.applications.MobileNetV2(input_shape=[height, width, 3], alpha=alpha, include_top=False, weights=None)
+  down_stack = keras.Model(inputs=base.input, outputs=[base.get_layer(name).output for name in TAPS])
   down_stack.trainable = False
 
   def upsample(filters, size, apply_dropout=False):
-    result = tf_keras.Sequential()
+    result = keras.Sequential()
     result.add(layers.Conv2DTranspose(filters, size, strides=2, padding="same", use_bias=False,
-                                      kernel_initializer=tf_keras.initializers.RandomNormal(0.0, 0.02)))
+                                      kernel_initializer=keras.initializers.RandomNormal(0.0, 0.02)))
     result.add(layers.BatchNormalization())
     if apply_dropout:
       result.add(layers.Dropout(0.5))
@@ -150,7 +135,7 @@ def keras_tutorial_unet(alpha: float, height: int, width: int, num_classes: int 
   for up, skip in zip(up_stack, reversed(skips[:-1])):
     x = layers.Concatenate()([up(x), skip])
   x = layers.Conv2DTranspose(filters=num_classes, kernel_size=3, strides=2, padding="same")(x)
-  return tf_keras.Model(inputs=inputs, outputs=x), down_stack
+  return keras.Model(inputs=inputs, outputs=x), down_stack, base
 
 
 def assert_parameter_counts_match(keras_model, down_stack, variables) -> None:
@@ -164,7 +149,7 @@ def assert_parameter_counts_match(keras_model, down_stack, variables) -> None:
 
 
 def test_unet_matches_keras_tutorial_model():
-  keras_model, down_stack = keras_tutorial_unet(0.35, 64, 96, num_classes=4, dropout_blocks=(0,))
+  keras_model, down_stack, _ = keras_tutorial_unet(tf_keras, 0.35, 64, 96, num_classes=4, dropout_blocks=(0,))
   randomize(keras_model, seed=7)
   images = np.random.default_rng(2).uniform(-1, 1, (2, 64, 96, 3)).astype(np.float32)
   expected = keras_model(images, training=False).numpy()
@@ -179,6 +164,27 @@ def test_unet_matches_keras_tutorial_model():
 
 def test_parameter_counts_equal_keras_tutorial_defaults():
   """The tutorial's configuration: alpha 1.0, 128 px, 3 classes."""
-  keras_model, down_stack = keras_tutorial_unet(1.0, 128, 128)
+  keras_model, down_stack, _ = keras_tutorial_unet(tf_keras, 1.0, 128, 128)
   variables = jax.eval_shape(UNet().init, jax.random.key(0), jnp.zeros((1, 128, 128, 3)))
   assert_parameter_counts_match(keras_model, down_stack, variables)
+
+
+def test_keras3_tutorial_model_and_weights_file_convert(tmp_path):
+  """Current TensorFlow runs the tutorial on Keras 3: its models convert, and its `.weights.h5` files load."""
+  keras = pytest.importorskip("keras")
+  if int(keras.__version__.split(".")[0]) < 3:
+    pytest.skip("Keras 3 is not installed")
+  keras_model, down_stack, base = keras_tutorial_unet(keras, 0.35, 64, 64, num_classes=2)
+  randomize(keras_model, seed=11)
+  images = np.random.default_rng(3).uniform(-1, 1, (1, 64, 64, 3)).astype(np.float32)
+
+  variables = pretrained.unet_variables_from_keras(keras_model)
+  logits = apply_eval(UNet(num_classes=2, alpha=0.35), variables, images)
+
+  assert_close(logits, np.asarray(keras_model(images, training=False)))
+  assert_parameter_counts_match(keras_model, down_stack, variables)
+  # Keras 3's own weight layout (groups named by class and position, not by layer): same encoder variables.
+  base.save_weights(tmp_path / "mobilenet_v2.weights.h5")
+  from_file = pretrained.mobilenet_v2_variables_from_h5(tmp_path / "mobilenet_v2.weights.h5", alpha=0.35)
+  jax.tree.map(np.testing.assert_array_equal, from_file,
+               {collection: tree["encoder"] for collection, tree in variables.items()})
