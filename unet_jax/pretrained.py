@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unet_jax.models.mobilenet_v2 import BLOCKS, KERAS_ALPHAS, MobileNetV2, block_prefix, make_divisible
+from unet_jax.models.mobilenet_v2 import BLOCKS, KERAS_ALPHAS, TAPS, MobileNetV2, block_prefix, make_divisible
 
 # Where `keras.applications.MobileNetV2(weights="imagenet")` downloads from.
 BASE_WEIGHT_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
@@ -28,7 +28,7 @@ KERAS_ROWS = (96, 128, 160, 192, 224)
 DOWNLOAD_TIMEOUT_S = 10.0
 
 Variables = dict[str, dict[str, Any]]
-_LAST_ENCODER_LAYER = "block_16_project"
+_LAST_ENCODER_LAYER = TAPS[-1]  # block_16_project: its output channels give alpha.
 
 
 class WeightsUnavailableError(OSError):
