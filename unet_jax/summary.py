@@ -20,8 +20,6 @@ from ml_collections import config_flags
 
 from unet_jax import train_state
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pets.py; override fields with "
-                                          "--config.field=value.", lock_config=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,9 +124,12 @@ def format_summary(summary: ModelSummary) -> str:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; options go as --flag=value.")
-  print(format_summary(summarize(_CONFIG.value)))
+  print(format_summary(summarize(flags.FLAGS.config)))
 
 
 if __name__ == "__main__":
+  # Flags only for the program: importing this module must not claim --config (the trainer's CLI has one too).
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pets.py; override fields with "
+                                  "--config.field=value.", lock_config=True)
   flags.mark_flags_as_required(["config"])
   app.run(main)
