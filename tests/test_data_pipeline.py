@@ -2,6 +2,7 @@
 
 import itertools
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -138,6 +139,17 @@ def test_optional_augmentations_keep_shapes_and_ranges(tiny_config):
   assert set(np.unique(batch["mask"])) <= {0, 1, 2}
   plain = take(tiny_config, 1, seed=0)[0]
   assert not np.array_equal(batch["image"], plain["image"])
+
+
+def test_public_preprocessing_is_what_the_eval_stream_does(tiny_config):
+  raw = next(iter(tfds.as_numpy(tfds.builder(tiny_config.name, data_dir=tiny_config.data_dir).as_dataset(split="test"))))
+  expected = next(data.eval_batches(tiny_config, global_batch_size=BATCH))["image"][0]
+  resized = tf.function(data.resize_image)(raw["image"], 32)  # Works in graphs (the exported model) ...
+  np.testing.assert_allclose(data.resize_image(raw["image"], 32), resized)  # ... and eagerly.
+  np.testing.assert_allclose(data.normalize_image(resized.numpy(), "minus_one_to_one"), expected, atol=1e-6)
+  np.testing.assert_allclose(data.normalize_image(jnp.asarray(resized), "zero_to_one"), (expected + 1) / 2, atol=1e-6)
+  with pytest.raises(ValueError, match="normalization='bgr'"):
+    data.normalize_image(resized, "bgr")
 
 
 def test_global_batch_size_checks():

@@ -78,16 +78,28 @@ def _open_shard(data_config: ml_collections.ConfigDict, split: str, process_inde
   return _source(data_config).open_shard(data_config, split, process_index, process_count)
 
 
+def resize_image(image, image_size: int) -> tf.Tensor:
+  """uint8 [..., H, W, 3] -> float32 [..., S, S, 3], still 0..255: bilinear, as the tutorial (and the eval stream)."""
+  return tf.image.resize(image, [image_size, image_size])
+
+
+def normalize_image(image, normalization: str):
+  """Float 0..255 -> the model's input range. Plain arithmetic, so tf, numpy and jax arrays all work."""
+  if normalization == "minus_one_to_one":
+    return image / 127.5 - 1
+  if normalization == "zero_to_one":
+    return image / 255
+  raise ValueError(f"normalization={normalization!r}; use one of {NORMALIZATIONS}.")
+
+
 def _resize(example: dict[str, tf.Tensor], image_size: int) -> dict[str, tf.Tensor]:
   """Tutorial semantics: bilinear image (float32, still 0..255) and nearest-neighbour mask (uint8 [S, S])."""
-  size = [image_size, image_size]
-  return {"image": tf.image.resize(example["image"], size),
-          "mask": tf.image.resize(example["mask"], size, method="nearest")[..., 0]}
+  mask = tf.image.resize(example["mask"], [image_size, image_size], method="nearest")[..., 0]
+  return {"image": resize_image(example["image"], image_size), "mask": mask}
 
 
 def _normalize(batch: dict[str, tf.Tensor], normalization: str) -> dict[str, tf.Tensor]:
-  image = batch["image"] / 127.5 - 1 if normalization == "minus_one_to_one" else batch["image"] / 255
-  return {**batch, "image": image, "mask": tf.cast(batch["mask"], tf.int32)}
+  return {**batch, "image": normalize_image(batch["image"], normalization), "mask": tf.cast(batch["mask"], tf.int32)}
 
 
 def _random_zoom(image: tf.Tensor, mask: tf.Tensor, key: tf.Tensor, max_zoom: float) -> tuple[tf.Tensor, tf.Tensor]:
