@@ -34,7 +34,7 @@ def test_tutorial_model_counts_equal_keras_summary():
 
 @pytest.mark.parametrize("freeze_encoder", [True, False])
 def test_trainable_count_is_what_the_optimizer_updates(tmp_path, freeze_encoder):
-  config = tiny_config(tmp_path, **{"model.freeze_encoder": freeze_encoder, "data.image_size": 32,
+  config = tiny_config(tmp_path, {"model.freeze_encoder": freeze_encoder, "data.image_size": 32,
                                  "lr_schedule": "constant", "warmup_steps": 0})
   model = train_state.create_model(config.model)
   tx = train_state.make_optimizer(config, 10, train_encoder=train_state.encoder_trains(config, 0))

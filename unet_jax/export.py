@@ -1,0 +1,77 @@
+"""A TF SavedModel of a trained run: `python -m unet_jax.export --workdir DIR --output DIR/saved_model`.
+
+The serving signature takes uint8 RGB images of any size, [N, H, W, 3] (one size per call), and returns
+{"masks": int32 [N, H, W]}. Inside: the predictor's own TF resize to the training size, the JAX model converted with
+`jax2tf` (native serialization: the StableHLO JAX compiles, batch dimension symbolic, weights as tf.Variables), and
+the predictor's logits-to-mask resize back to H x W. So the SavedModel computes what `Predictor` computes.
+
+The StableHLO is lowered for CPU and CUDA (`--platforms`), so the same SavedModel serves on either. TFLite is not
+offered: native serialization emits an XlaCallModule op that the TFLite converter does not support.
+"""
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import tensorflow as tf
+from absl import app, flags
+from jax.experimental import jax2tf
+
+from unet_jax import data, predict
+
+SIGNATURE_KEY = "serving_default"
+
+
+def to_tf_module(predictor: predict.Predictor, platforms: Sequence[str] = ("cpu", "cuda")) -> tf.Module:
+  """A tf.Module with the weights as variables and `serve(images uint8 [N, H, W, 3]) -> {"masks": int32 [N, H, W]}`."""
+  if predictor.keep_size:
+    raise ValueError("The SavedModel resizes to the model's training size; export a Predictor with keep_size=False.")
+  size = predictor.image_size
+  logits_fn = jax2tf.convert(functools.partial(predict.model_logits, predictor.model, predictor.normalization),
+                             polymorphic_shapes=[None, f"(b, {size}, {size}, 3)"], with_gradient=False,
+                             native_serialization_platforms=tuple(platforms))
+  module = tf.Module()
+  # Variables (not constants folded into the graph): the SavedModel stores the weights once, as checkpoint files.
+  module.weights = jax.tree.map(lambda x: tf.Variable(x, trainable=False), jax.device_get(predictor.variables))
+  weights = module.weights
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")], autograph=False)
+  def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
+    logits = logits_fn(weights, data.resize_image(images, size))
+    return {"masks": predict.masks_from_logits(logits, tf.shape(images)[1:3])}
+
+  module.serve = serve
+  return module
+
+
+def export_saved_model(predictor: predict.Predictor, directory: str,
+                       platforms: Sequence[str] = ("cpu", "cuda")) -> None:
+  module = to_tf_module(predictor, platforms)
+  tf.saved_model.save(module, directory, signatures={SIGNATURE_KEY: module.serve})
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments {argv[1:]}; options go as --flag=value.")
+  options = flags.FLAGS
+  try:
+    predictor = predict.Predictor.from_workdir(options.workdir, options.checkpoint)
+  except (FileNotFoundError, ValueError) as error:
+    raise SystemExit(f"export: error: {error}") from None
+  export_saved_model(predictor, options.output, options.platforms)
+  print(f"Wrote {options.output}: signature {SIGNATURE_KEY!r} maps uint8 images [N, H, W, 3] to int32 masks "
+        f"[N, H, W].")
+
+
+def _define_flags() -> None:
+  flags.DEFINE_string("workdir", None, "The training run's --workdir.")
+  flags.DEFINE_string("checkpoint", "latest", f"Which checkpoint: {predict.CHECKPOINT_CHOICES}.")
+  flags.DEFINE_string("output", None, "The SavedModel directory to write (e.g. WORKDIR/saved_model).")
+  flags.DEFINE_list("platforms", ["cpu", "cuda"], "Platforms the exported model runs on (jax2tf "
+                    "native_serialization_platforms: cpu, cuda, rocm, tpu).")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  flags.mark_flags_as_required(["workdir", "output"])
+  app.run(main)

@@ -1,0 +1,251 @@
+"""Masks for images of any size and mode: `python -m unet_jax.predict --workdir DIR PATH... --output OUT/`.
+
+Python: `Predictor.from_workdir(DIR)(image) -> mask`. Each image becomes uint8 RGB (`image_io`), is resized to the
+model's input size the way the eval stream resizes (bilinear, 0..255) — or with `keep_size`, padded by reflection to
+a multiple of 32 — and predicted in batches; the logits are resized back to the image's own size (bilinear, so that
+boundaries stay smooth) before the argmax. The resize and normalisation are the eval stream's own
+(`data.resize_image`, `data.normalize_image`), and the exported SavedModel (`export.py`) runs the same TF ops in its
+graph, so it computes exactly what this module computes.
+"""
+
+import dataclasses
+import functools
+import pathlib
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
+from etils import epath
+from tqdm import tqdm
+
+from unet_jax import checkpointing, data, image_io, sharding, train_state
+from unet_jax.models.unet import INPUT_MULTIPLE
+
+CHECKPOINT_CHOICES = "'latest', 'best' or a step number"
+
+
+def model_logits(model: nn.Module, normalization: str, variables: dict[str, Any], images: jax.Array) -> jax.Array:
+  """float32 logits [N, h, w, C] of float32 images [N, h, w, 3] in 0..255 (h, w multiples of 32)."""
+  return model.apply(variables, data.normalize_image(images, normalization), train=False)
+
+
+# Module-level, so that every Predictor of the same model (modules compare by their fields) shares the compiled program.
+_jitted_model_logits = jax.jit(model_logits, static_argnums=(0, 1))
+
+
+def masks_from_logits(logits: Any, size: Any) -> tf.Tensor:
+  """int32 masks [N, H, W]: the logits resized (bilinear) to the image size `size` = (H, W), then the argmax."""
+  return tf.argmax(tf.image.resize(logits, size), axis=-1, output_type=tf.int32)
+
+
+def resolve_step(manager, checkpoint: str | int, workdir: str) -> int:
+  """The step that `checkpoint` ('latest', 'best' or a step number) names in `manager`, or a clear error."""
+  steps = sorted(manager.all_steps())
+  if not steps:
+    raise FileNotFoundError(f"{manager.directory} holds no checkpoint: train first (python -m unet_jax.train "
+                            f"--workdir {workdir}), or point --workdir at a run that saved one.")
+  text = str(checkpoint).strip().lower()
+  if text == "latest":
+    return steps[-1]
+  if text == "best":
+    best = manager.best_step()
+    if best is None:
+      raise ValueError(f"No checkpoint in {manager.directory} has eval metrics to rank by (steps {steps}); use "
+                       f"--checkpoint=latest or a step number.")
+    return best
+  if not text.isdigit():
+    raise ValueError(f"--checkpoint={checkpoint!r} is not {CHECKPOINT_CHOICES}.")
+  if int(text) not in steps:
+    raise ValueError(f"{manager.directory} has no checkpoint for step {int(text)}; it has steps {steps}.")
+  return int(text)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+  config: ml_collections.ConfigDict
+  model: nn.Module
+  state: train_state.TrainState  # Replicated on `mesh`.
+  step: int
+  mesh: jax.sharding.Mesh
+
+
+def load_run(workdir: str, checkpoint: str | int = "latest",
+             config: ml_collections.ConfigDict | None = None) -> TrainedRun:
+  """The run's config (or `config`, e.g. with data overrides), its model and the state of one checkpoint."""
+  if not epath.Path(workdir).is_dir():
+    raise FileNotFoundError(f"The workdir {workdir!r} does not exist; pass the --workdir of a training run.")
+  config = config or checkpointing.load_config(workdir)
+  manager = checkpointing.make_manager(workdir, max_to_keep=config.max_to_keep, read_only=True)
+  try:
+    step = resolve_step(manager, checkpoint, workdir)
+    mesh = sharding.make_mesh()
+    model = train_state.create_model(config.model)
+    state = _restore_state(manager, step, config, model, mesh)
+  finally:
+    manager.close()
+  return TrainedRun(config, model, state, step, mesh)
+
+
+# TODO(trainer API): `train.restore_state(config, workdir, step, mesh)` once the trainer exposes it (INTERFACES.md).
+def _restore_state(manager, step: int, config: ml_collections.ConfigDict, model: nn.Module,
+                   mesh: jax.sharding.Mesh) -> train_state.TrainState:
+  tx = train_state.make_optimizer(config, max(step, 1), train_encoder=train_state.encoder_trains(config, step))
+  shapes = jax.eval_shape(functools.partial(train_state.create_train_state, model, tx, jax.random.PRNGKey(0),
+                                            config.data.image_size))
+  return checkpointing.restore(manager, step, checkpointing.abstract_state(shapes, mesh))
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictor:
+  """`predictor(image) -> mask`: int32 [H, W] class ids for an image array of any size (see `image_io.to_rgb`).
+
+  `predict(images)` streams many images through batches of `batch_size` (the last one padded, so that one program
+  serves every batch); with `keep_size`, consecutive images of the same padded size share a batch.
+  """
+  model: nn.Module
+  variables: dict[str, Any]  # {"params", "batch_stats"}
+  image_size: int
+  normalization: str
+  num_classes: int
+  batch_size: int = 8
+  keep_size: bool = False
+
+  def __post_init__(self):
+    if self.batch_size < 1:
+      raise ValueError(f"batch_size={self.batch_size} must be at least 1.")
+
+  @classmethod
+  def from_workdir(cls, workdir: str, checkpoint: str | int = "latest", **options) -> "Predictor":
+    """The model of `workdir`'s checkpoint ('latest', 'best' or a step); `options`: batch_size, keep_size."""
+    return cls.from_run(load_run(workdir, checkpoint), **options)
+
+  @classmethod
+  def from_run(cls, run: TrainedRun, **options) -> "Predictor":
+    # One device: a single image gains nothing from the data-parallel mesh the run was restored on.
+    variables = jax.device_put({"params": run.state.params, "batch_stats": run.state.batch_stats}, jax.devices()[0])
+    return cls(run.model, variables, run.config.data.image_size, run.config.data.normalization,
+               run.config.model.num_classes, **options)
+
+  def model_input(self, image: np.ndarray) -> np.ndarray:
+    """float32 [h, w, 3] in 0..255 as the model sees the uint8 RGB `image`: resized, or padded with `keep_size`."""
+    if self.keep_size:
+      height, width = image.shape[:2]
+      padding = ((0, -height % INPUT_MULTIPLE), (0, -width % INPUT_MULTIPLE), (0, 0))
+      return np.pad(image, padding, mode="reflect").astype(np.float32)
+    return data.resize_image(image, self.image_size).numpy()
+
+  def _masks(self, inputs: list[np.ndarray], sizes: list[tuple[int, int]], batch_size: int) -> list[np.ndarray]:
+    batch = np.zeros((batch_size, *inputs[0].shape), np.float32)
+    batch[:len(inputs)] = inputs
+    logits = np.asarray(_jitted_model_logits(self.model, self.normalization, self.variables, batch))
+    if self.keep_size:
+      return [logits[index, :height, :width].argmax(-1).astype(np.int32)
+              for index, (height, width) in enumerate(sizes)]
+    return [masks_from_logits(logits[index:index + 1], size).numpy()[0] for index, size in enumerate(sizes)]
+
+  def predict(self, images: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """One mask per image, in order, computed a batch at a time (lazily: `images` may be a generator)."""
+    inputs: list[np.ndarray] = []
+    sizes: list[tuple[int, int]] = []
+    for image in images:
+      image = image_io.to_rgb(image)
+      model_input = self.model_input(image)
+      if inputs and model_input.shape != inputs[0].shape:
+        yield from self._masks(inputs, sizes, self.batch_size)
+        inputs, sizes = [], []
+      inputs.append(model_input)
+      sizes.append(image.shape[:2])
+      if len(inputs) == self.batch_size:
+        yield from self._masks(inputs, sizes, self.batch_size)
+        inputs, sizes = [], []
+    if inputs:
+      yield from self._masks(inputs, sizes, self.batch_size)
+
+  def __call__(self, image: np.ndarray) -> np.ndarray:
+    image = image_io.to_rgb(image)
+    return self._masks([self.model_input(image)], [image.shape[:2]], batch_size=1)[0]
+
+
+def find_inputs(paths: Sequence[str]) -> list[tuple[pathlib.Path, pathlib.Path]]:
+  """(file, output name) of every image under `paths`; an error, before any model loads, when there is none."""
+  files = image_io.find_images(paths)
+  if not files:
+    raise FileNotFoundError(f"No image files under {', '.join(map(str, paths))}: a directory is searched "
+                            f"recursively for the extensions PIL opens (.png, .jpg, .bmp, .tif, .webp, ...).")
+  image_io.check_unique_names(files)
+  return files
+
+
+def predict_files(predictor: Predictor, files: Sequence[tuple[pathlib.Path, pathlib.Path]],
+                  output: str) -> list[tuple[str, str]]:
+  """Writes <name>_mask.png and <name>_overlay.png under `output` for each (file, name) of `find_inputs`.
+
+  Returns the (file, reason) of each file that could not be read; those are skipped, the rest still predicted.
+  """
+  colors = image_io.palette(predictor.num_classes)
+  failures: list[tuple[str, str]] = []
+  readable: list[tuple[pathlib.Path, np.ndarray]] = []  # Read, waiting for their masks (at most a batch).
+  progress = tqdm(total=len(files), desc="predict", unit="image")
+
+  def images() -> Iterator[np.ndarray]:
+    for file, name in files:
+      try:
+        image = image_io.read_image(file)
+      except image_io.ImageReadError as error:
+        logging.error("Skipped: %s", error)
+        failures.append((str(file), str(error)))
+        progress.update()
+        continue
+      readable.append((name, image))
+      yield image
+
+  for mask in predictor.predict(images()):
+    name, image = readable.pop(0)
+    base = pathlib.Path(output) / name
+    image_io.save_mask(f"{base}_mask.png", mask, colors)
+    image_io.save_image(f"{base}_overlay.png", image_io.overlay(image, mask, colors))
+    progress.update()
+  progress.close()
+  return failures
+
+
+def main(argv: Sequence[str]) -> None:
+  paths = argv[1:]
+  if not paths:
+    raise app.UsageError("Give the images to predict: files and/or directories after the flags.")
+  options = flags.FLAGS
+  try:
+    files = find_inputs(paths)
+    predictor = Predictor.from_workdir(options.workdir, options.checkpoint, batch_size=options.batch_size,
+                                       keep_size=options.keep_size)
+    failures = predict_files(predictor, files, options.output)
+  except (FileNotFoundError, ValueError) as error:  # Bad input: the message says what to do, no traceback.
+    sys.exit(f"predict: error: {error}")
+  if failures:
+    print(f"{len(failures)} file(s) could not be read and were skipped:", file=sys.stderr)
+    for file, reason in failures:
+      print(f"  {file}: {reason}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _define_flags() -> None:
+  """Only for the program: importing this module must claim no flag names (export and evaluate import it)."""
+  flags.DEFINE_string("workdir", None, "The training run's --workdir (checkpoints and config.json).")
+  flags.DEFINE_string("checkpoint", "latest", f"Which checkpoint: {CHECKPOINT_CHOICES} (by eval mean IoU).")
+  flags.DEFINE_string("output", None, "Folder for <name>_mask.png (class ids, with a palette) and <name>_overlay.png "
+                      "per image; sub-folders of an input directory are kept.")
+  flags.DEFINE_bool("keep_size", False, "Predict at each image's own resolution (padded to a multiple of "
+                    f"{INPUT_MULTIPLE}) instead of resizing it to the model's training size.")
+  flags.DEFINE_integer("batch_size", 8, "Images per forward pass.")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  flags.mark_flags_as_required(["workdir", "output"])
+  app.run(main)
