@@ -1,7 +1,9 @@
 """Train/eval streams on the tiny offline dataset, and the real oxford_iiit_pet path under tfds' mock_data."""
 
 import itertools
+import socket
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -153,9 +155,10 @@ def test_public_preprocessing_is_what_the_eval_stream_does(tiny_config):
 
 
 def test_global_batch_size_checks():
-  data.check_global_batch_size(8)
-  for bad in (0, -4):
-    with pytest.raises(ValueError, match=r"batch_size=-?\d+ .* multiple of the 1 devices.*--config.batch_size=1"):
+  devices = jax.device_count()
+  data.check_global_batch_size(8 * devices)
+  for bad in (0, -4) + ((devices + 1,) if devices > 1 else ()):
+    with pytest.raises(ValueError, match=rf"batch_size={bad} .* multiple of the {devices} devices.*--config.batch_size="):
       data.check_global_batch_size(bad)
 
 
@@ -176,7 +179,10 @@ def test_clear_errors_before_any_work(tiny_config):
     data.num_examples(config, "train")
 
 
-def test_missing_oxford_iiit_pet_says_how_to_prepare_it(tmp_path):
+def test_missing_oxford_iiit_pet_says_how_to_prepare_it(tmp_path, monkeypatch):
+  def refuse(*args, **kwargs):
+    raise AssertionError("the data pipeline must not touch the network")
+  monkeypatch.setattr(socket.socket, "connect", refuse)
   config = default_config.get_config().data
   config.data_dir = str(tmp_path)
   with pytest.raises(data.DatasetNotFoundError) as error:
