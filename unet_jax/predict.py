@@ -66,6 +66,11 @@ def resolve_step(manager, checkpoint: str | int, workdir: str) -> int:
   return int(text)
 
 
+def check_workdir(workdir: str) -> None:
+  if not epath.Path(workdir).is_dir():
+    raise FileNotFoundError(f"The workdir {workdir!r} does not exist; pass the --workdir of a training run.")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainedRun:
   config: ml_collections.ConfigDict
@@ -78,8 +83,7 @@ class TrainedRun:
 def load_run(workdir: str, checkpoint: str | int = "latest",
              config: ml_collections.ConfigDict | None = None) -> TrainedRun:
   """The run's config (or `config`, e.g. with data overrides), its model and the state of one checkpoint."""
-  if not epath.Path(workdir).is_dir():
-    raise FileNotFoundError(f"The workdir {workdir!r} does not exist; pass the --workdir of a training run.")
+  check_workdir(workdir)
   config = config or checkpointing.load_config(workdir)
   manager = checkpointing.make_manager(workdir, max_to_keep=config.max_to_keep, read_only=True)
   try:
