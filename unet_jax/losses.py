@@ -13,7 +13,9 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, class_weights: Sequence[
   `class_weights` (one per class, empty for uniform) weight each pixel by its true class, as the tutorial's
   `add_sample_weights` does; like Keras' sample weights the mean still divides by the pixel count.
   """
-  per_pixel = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+  # One-hot targets rather than integer labels: the gradient of a gather is a scatter, slow to compile and run.
+  one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+  per_pixel = optax.softmax_cross_entropy(logits.astype(jnp.float32), one_hot)
   if len(class_weights):
     per_pixel = per_pixel * jnp.asarray(class_weights, jnp.float32)[labels]
   return per_pixel.reshape(per_pixel.shape[0], -1).mean(axis=1)

@@ -1,0 +1,54 @@
+"""Where train/eval events go: `workdir/metrics.jsonl`, TensorBoard event files, the console.
+
+Only process 0 writes (a multi-host run would otherwise write every line N times); the others get a writer that
+does nothing, so the loop needs no `if process_index == 0` around each call.
+"""
+
+import json
+import math
+from typing import Any
+
+from etils import epath
+from flax.metrics import tensorboard
+from tqdm import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+class MetricWriter:
+
+  def __init__(self, workdir: str, *, enabled: bool):
+    self._enabled = enabled
+    if enabled:
+      workdir = epath.Path(workdir)
+      workdir.mkdir(parents=True, exist_ok=True)
+      self._jsonl = (workdir / METRICS_FILE).open("a")
+      self._tensorboard = tensorboard.SummaryWriter(str(workdir / TENSORBOARD_DIR))
+
+  def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
+    """One event: a JSON line {"step", "split", **metrics}, a scalar per number (lists per class), a console line."""
+    if not self._enabled:
+      return
+    self._jsonl.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
+    self._jsonl.flush()
+    for name, value in metrics.items():
+      if isinstance(value, (list, tuple)):  # Per-class values: one curve per class.
+        for index, scalar in enumerate(value):
+          self._tensorboard.scalar(f"{split}/{name}_{index}", scalar, step)
+      else:
+        self._tensorboard.scalar(f"{split}/{name}", value, step)
+    tqdm.write(f"[{split} step {step}] " + ", ".join(f"{name}={_format(value)}" for name, value in metrics.items()))
+
+  def close(self) -> None:
+    if self._enabled:
+      self._jsonl.close()
+      self._tensorboard.close()
+
+
+def _format(value: Any) -> str:
+  if isinstance(value, (list, tuple)):
+    return "[" + " ".join(_format(v) for v in value) + "]"
+  if isinstance(value, float) and math.isfinite(value) and abs(value) < 1e4:
+    return f"{value:.4f}"
+  return str(value)

@@ -1,0 +1,27 @@
+"""Data parallelism over every device of every process: one mesh axis, state replicated, batch split along it."""
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def make_mesh() -> Mesh:
+  """A 1-D mesh over all devices (all processes). Auto axes: jit propagates shardings (GSPMD) inside the model."""
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over the data axis; the rest of each array whole."""
+  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """This process's slice of a global batch -> global arrays (the same call on every process builds the batch)."""
+  sharding = batch_sharded(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)

@@ -1,0 +1,272 @@
+"""Trains the U-Net: `python -m unet_jax.train --config configs/pets.py [--workdir DIR] [--config.batch_size=16]`.
+
+`train_and_evaluate` reads top to bottom: config, mesh, data, model and optimizer, restore, the loop. The same code
+runs on one CPU, N (simulated) devices, a GPU and several hosts: the batch is split over a one-axis mesh, the state
+is replicated, and XLA inserts the gradient all-reduce.
+"""
+
+import contextlib
+import datetime
+import functools
+import logging as std_logging
+import pathlib
+import re
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import app, flags, logging
+from etils import epath
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from unet_jax import (checkpointing, data, distributed, losses, metric_writers, metrics, sharding, train_state,
+                      visualize)
+from unet_jax.train_state import TrainState
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (a get_config() module), e.g. "
+                                          "configs/pets.py; override fields with --config.field=value.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "", "Where checkpoints, metrics and figures go (local or gs://). An "
+                               "existing workdir resumes from its latest checkpoint. Default: a new runs/<config>-<time>.")
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx: optax.GradientTransformation,
+               class_weights: tuple[float, ...], dice_weight: float) -> tuple[TrainState, dict[str, jax.Array]]:
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+                                  mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+    loss = losses.segmentation_loss(logits, batch["mask"], class_weights=class_weights, dice_weight=dice_weight)
+    return loss.mean(), (logits, updates["batch_stats"])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                        batch_stats=batch_stats, opt_state=opt_state)
+  return state, {"loss": loss, "pixel_accuracy": (logits.argmax(-1) == batch["mask"]).mean()}
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model, num_classes: int,
+              class_weights: tuple[float, ...], dice_weight: float) -> dict[str, jax.Array]:
+  """Sums over the batch (padding weighted out), so that eval can add them up over the whole split."""
+  logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False)
+  loss = losses.segmentation_loss(logits, batch["mask"], class_weights=class_weights, dice_weight=dice_weight)
+  return {"loss_sum": (loss * batch["weight"]).sum(), "weight_sum": batch["weight"].sum(),
+          "confusion": metrics.confusion_matrix(batch["mask"], logits.argmax(-1), num_classes, batch["weight"])}
+
+
+def predict_step(state: TrainState, images: jax.Array, *, model) -> jax.Array:
+  logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
+  return logits.argmax(-1)
+
+
+def evaluate(eval_fn, state: TrainState, config: ml_collections.ConfigDict,
+             mesh: jax.sharding.Mesh) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """Metrics over the whole eval split (a confusion matrix summed over every batch), and its first local batch."""
+  confusion = np.zeros((config.model.num_classes,) * 2, np.int64)
+  loss_sum = weight_sum = 0.0
+  first_batch = None
+  for index, batch in enumerate(data.eval_batches(config.data, global_batch_size=config.batch_size)):
+    if index == 0:
+      first_batch = batch
+    sums = jax.device_get(eval_fn(state, sharding.shard_batch(batch, mesh)))
+    confusion += sums["confusion"]
+    loss_sum += float(sums["loss_sum"])
+    weight_sum += float(sums["weight_sum"])
+  if first_batch is None:
+    raise ValueError(f"The eval split {config.data.eval_split!r} of {config.data.name!r} holds no examples.")
+  return {"loss": loss_sum / weight_sum, **metrics.segmentation_metrics(confusion)}, first_batch
+
+
+def write_predictions(predict_fn, state: TrainState, batch: dict[str, np.ndarray], config: ml_collections.ConfigDict,
+                      mesh: jax.sharding.Mesh, path: str) -> None:
+  """The tutorial's show_predictions on fixed examples: the first real ones of the eval split.
+
+  Every process joins the prediction (a collective); process 0 draws its own local rows, which lead the global batch.
+  """
+  predicted = np.asarray(predict_fn(state, sharding.shard_batch({"image": batch["image"]}, mesh)["image"]))
+  if jax.process_index() != 0:
+    return
+  rows = np.flatnonzero(batch["weight"] > 0)[:config.num_prediction_examples]
+  visualize.save_predictions(path, visualize.to_display_range(batch["image"][rows], config.data.normalization),
+                             batch["mask"][rows], predicted[rows], config.model.num_classes)
+
+
+def _check_finite(step_metrics: list[tuple[int, dict[str, np.ndarray]]], manager) -> None:
+  """Stops the run on the first NaN/inf loss, before anything saves the diverged state."""
+  for step, values in step_metrics:
+    if not np.isfinite(values["loss"]):
+      raise FloatingPointError(
+          f"The training loss is {values['loss']} at step {step}: the run diverged and stops here. The last good "
+          f"checkpoint (step {manager.latest_step()}) in {manager.directory} is intact. Lower "
+          f"config.learning_rate or set config.grad_clip_norm, and train in a fresh --workdir (resuming this one "
+          f"starts from that checkpoint).")
+
+
+def _derived_steps(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
+  """num_train_steps, log, eval and checkpoint intervals with the -1 ("derive it") defaults resolved."""
+  steps_per_epoch = max(data.num_examples(config.data, config.data.train_split) // config.batch_size, 1)
+  num_train_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
+  eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
+  checkpoint_every = config.checkpoint_every_steps if config.checkpoint_every_steps > 0 else steps_per_epoch
+  return num_train_steps, max(config.log_every_steps, 1), eval_every, checkpoint_every
+
+
+def _validate(config: ml_collections.ConfigDict) -> None:
+  num_classes = config.model.num_classes
+  if config.class_weights and len(config.class_weights) != num_classes:
+    raise ValueError(f"config.class_weights={tuple(config.class_weights)} has {len(config.class_weights)} values but "
+                     f"config.model.num_classes={num_classes}: give one weight per class, or () for uniform.")
+  if config.batch_size <= 0:
+    raise ValueError(f"config.batch_size={config.batch_size} must be positive.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (resuming from `workdir`'s latest checkpoint if any) and returns the last eval's metrics."""
+  _validate(config)
+  data.check_global_batch_size(config.batch_size)
+  mesh = sharding.make_mesh()
+  is_main = jax.process_index() == 0
+  if is_main:
+    logging.info("Run: %s", distributed.describe_run(mesh, config.batch_size))
+    logging.info("Config:\n%s", config)
+  num_train_steps, log_every, eval_every, checkpoint_every = _derived_steps(config)
+  checkpointing.save_config(workdir, config)
+
+  # Model and optimizers: one per phase (the encoder frozen, then trained), chosen by the step alone.
+  model = train_state.create_model(config.model)
+  phases = {train_state.encoder_trains(config, 0), train_state.encoder_trains(config, num_train_steps)}
+  optimizers = {trains: train_state.make_optimizer(config, num_train_steps, train_encoder=trains) for trains in phases}
+  replicated, batch_sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  loss_options = dict(class_weights=tuple(config.class_weights), dice_weight=config.dice_weight)
+  train_fns = {trains: jax.jit(functools.partial(train_step, model=model, tx=tx, **loss_options),
+                               in_shardings=(replicated, batch_sharded), out_shardings=replicated, donate_argnums=0)
+               for trains, tx in optimizers.items()}
+  eval_fn = jax.jit(functools.partial(eval_step, model=model, num_classes=config.model.num_classes, **loss_options),
+                    in_shardings=(replicated, batch_sharded), out_shardings=replicated)
+  predict_fn = jax.jit(functools.partial(predict_step, model=model), in_shardings=(replicated, batch_sharded),
+                       out_shardings=replicated)
+
+  def init(tx, encoder_variables=None):
+    return train_state.create_train_state(model, tx, jax.random.PRNGKey(config.seed), config.data.image_size,
+                                          encoder_variables, config.model.pretrained)
+
+  with contextlib.ExitStack() as stack:  # Closing the manager waits for its last async save, even on errors.
+    manager = stack.enter_context(contextlib.closing(
+        checkpointing.make_manager(workdir, max_to_keep=config.max_to_keep)))
+    # Restore the latest checkpoint, or start fresh (loading pretrained encoder weights only then).
+    start_step = manager.latest_step() or 0
+    tx = optimizers[train_state.encoder_trains(config, start_step)]
+    if start_step:
+      target = checkpointing.abstract_state(jax.eval_shape(functools.partial(init, tx)), mesh)
+      state = checkpointing.restore(manager, start_step, target)
+      logging.info("Resumed from %s at step %d.", manager.directory, start_step)
+    else:
+      state = jax.jit(functools.partial(init, tx), out_shardings=replicated)(
+          train_state.load_encoder_variables(config))
+
+    train_iter = data.train_batches(config.data, global_batch_size=config.batch_size, seed=config.seed,
+                                    start_step=start_step)
+    writer = stack.enter_context(contextlib.closing(metric_writers.MetricWriter(workdir, enabled=is_main)))
+    preemption = stack.enter_context(contextlib.closing(checkpointing.PreemptionNotice(manager)))
+    progress = stack.enter_context(tqdm(total=num_train_steps, initial=start_step, desc="train", unit="step",
+                                        disable=not is_main))
+    pending: list[tuple[int, dict[str, jax.Array]]] = []  # Train metrics not yet checked, still on device.
+    eval_metrics: dict[str, Any] = {}
+    last_log_time = time.perf_counter()
+    for step in range(start_step + 1, num_train_steps + 1):
+      state, step_metrics = train_fns[train_state.encoder_trains(config, step - 1)](
+          state, sharding.shard_batch(next(train_iter), mesh))
+      if config.model.freeze_encoder and step == config.unfreeze_at_step:
+        # Switch right after the step, so that a checkpoint of this step already has the unfrozen structure.
+        state = jax.jit(functools.partial(train_state.unfreeze_encoder, tx=optimizers[True]),
+                        out_shardings=replicated, donate_argnums=0)(state)
+        logging.info("Step %d: the encoder trains from now on, at learning rate %g.", step,
+                     config.encoder_learning_rate)
+      pending.append((step, step_metrics))
+      progress.update()
+      is_last = step == num_train_steps
+
+      if step % log_every == 0 or is_last:
+        fetched = jax.device_get(pending)
+        _check_finite(fetched, manager)
+        now = time.perf_counter()
+        writer.write(step, "train", {
+            name: float(np.mean([values[name] for _, values in fetched])) for name in ("loss", "pixel_accuracy")
+        } | {"images_per_second": len(fetched) * config.batch_size / (now - last_log_time)})
+        pending, last_log_time = [], now
+
+      step_eval: dict[str, Any] | None = None
+      if step % eval_every == 0 or is_last:
+        _check_finite(jax.device_get(pending), manager)
+        step_eval, first_batch = evaluate(eval_fn, state, config, mesh)
+        writer.write(step, "eval", step_eval)
+        write_predictions(predict_fn, state, first_batch, config, mesh,
+                          str(epath.Path(workdir) / "predictions" / f"step_{step:06d}.png"))
+        eval_metrics = step_eval
+        last_log_time = time.perf_counter()  # Eval time is not training throughput.
+
+      preempted = preemption.reached(step)
+      # A checkpoint at every eval too, so that the best one by mean IoU can be kept.
+      if step % checkpoint_every == 0 or is_last or step_eval is not None or preempted:
+        _check_finite(jax.device_get(pending), manager)
+        checkpointing.save(manager, step, state, metrics=step_eval)
+      if preempted:
+        logging.warning("Preempted (SIGTERM) at step %d: saved a checkpoint in %s; rerun with the same --workdir "
+                        "to resume.", step, manager.directory)
+        break
+  return eval_metrics
+
+
+def default_workdir(config_path: str) -> str:
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  return str(pathlib.Path("runs") / f"{pathlib.Path(config_path).stem}-{stamp}")
+
+
+def _quiet_library_info() -> None:
+  """Orbax and tfds narrate every save and dataset open at INFO; the console keeps this run's lines and warnings."""
+  def keep(record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or not any(
+        library in record.pathname for library in ("/orbax/", "/tensorflow_datasets/"))
+  logging.get_absl_handler().addFilter(keep)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments {argv[1:]}; options go as --flag=value.")
+  _quiet_library_info()
+  distributed.initialize()
+  workdir = _WORKDIR.value
+  if not workdir:
+    if jax.process_count() > 1:
+      raise app.UsageError("A multi-process run needs an explicit --workdir shared by all processes.")
+    workdir = default_workdir(flags.FLAGS["config"].config_filename)
+  logging.info("Workdir: %s", workdir)
+  train_and_evaluate(_CONFIG.value, workdir)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, with an override of a field the config lacks reported like any flag error, not a traceback."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as error:  # What a locked ConfigDict raises for an unknown field.
+    text = str(error)
+    field = re.search(r"\w+", text).group(0)
+    suggestion = re.search(r'Did you mean "(\w+)"', text)
+    overrides = [arg for arg in argv if arg.startswith("--config.") and field in arg]
+    sys.stderr.write(f"FATAL Flags parsing error: {' '.join(overrides) or '--config'}: the config has no field "
+                     f"{field!r}" + (f"; did you mean {suggestion.group(1)!r}?" if suggestion else ".") +
+                     " A config takes only the fields its get_config() defines (see unet_jax/default_config.py).\n")
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main, flags_parser=parse_flags)
