@@ -1,0 +1,145 @@
+"""Full metrics of a checkpoint: `python -m unet_jax.evaluate --workdir DIR [--checkpoint latest|best|STEP]`.
+
+Runs the trainer's own eval (its jitted eval step, confusion matrix over the whole split, padding excluded), so the
+figures equal the ones the training run logged for that checkpoint. The run's config comes from the workdir;
+`--config.data.*` (another split, data_dir, ...) and `--config.batch_size` may change for this evaluation only.
+Prints a table and writes the metrics as JSON to workdir/evaluation/step_XXXXXX_<split>.json (`--json` prints the
+JSON instead of the table).
+"""
+
+import functools
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
+from etils import epath
+from ml_collections import config_flags
+
+from unet_jax import checkpointing, data, default_config, distributed, predict, sharding, train
+
+EVALUATION_DIR = "evaluation"
+# The fields an evaluation may change: which examples it reads and how many at once, never the model.
+OVERRIDABLE_PREFIXES = ("data.", "batch_size")
+
+
+def config_with_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """`config` with flat `overrides` ({"data.eval_split": "train"}) applied; only data.* and batch_size may change."""
+  refused = sorted(key for key in overrides if not key.startswith(OVERRIDABLE_PREFIXES))
+  if refused:
+    raise ValueError(f"--config.{refused[0]} cannot change for an evaluation: the model and training settings are "
+                     f"the run's. Only --config.data.* and --config.batch_size can (e.g. "
+                     f"--config.data.eval_split=train).")
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.update_from_flattened_dict(dict(overrides))
+  return config
+
+
+def evaluate_checkpoint(workdir: str, checkpoint: str | int = "latest",
+                        overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """The trainer's eval metrics of one checkpoint, plus its step, split and confusion matrix."""
+  config = None
+  if overrides:
+    predict.check_workdir(workdir)
+    config = config_with_overrides(checkpointing.load_config(workdir), overrides)
+  run = predict.load_run(workdir, checkpoint, config)
+  data.check_global_batch_size(run.config.batch_size)
+  eval_fn = _make_eval_fn(run.config, run.model, run.mesh)
+  # TODO(trainer API): read the confusion matrix from train.evaluate's result (INTERFACES.md, request 2); until then
+  # it is summed from the per-batch sums the trainer's own loop fetches.
+  batch_confusions = []
+
+  def eval_fn_keeping_confusion(state, batch):
+    sums = eval_fn(state, batch)
+    batch_confusions.append(sums["confusion"])
+    return sums
+
+  metrics, _ = train.evaluate(eval_fn_keeping_confusion, run.state, run.config, run.mesh)
+  confusion = np.sum([np.asarray(jax.device_get(c), np.int64) for c in batch_confusions], axis=0)
+  return {"step": run.step, "split": run.config.data.eval_split, "dataset": run.config.data.name, **metrics,
+          "confusion_matrix": confusion.tolist()}
+
+
+# TODO(trainer API): `train.make_eval_fn(config, model, mesh)` (INTERFACES.md, request 1).
+def _make_eval_fn(config: ml_collections.ConfigDict, model, mesh: jax.sharding.Mesh):
+  replicated = sharding.replicated(mesh)
+  step = functools.partial(train.eval_step, model=model, num_classes=config.model.num_classes,
+                           class_weights=tuple(config.class_weights), dice_weight=config.dice_weight)
+  return jax.jit(step, in_shardings=(replicated, sharding.batch_sharded(mesh)), out_shardings=replicated)
+
+
+def _json_safe(value: Any) -> Any:
+  """NaN (a class absent from labels and predictions) -> null: JSON has no NaN."""
+  if isinstance(value, float) and math.isnan(value):
+    return None
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(item) for item in value]
+  return value
+
+
+def to_json(metrics: Mapping[str, Any]) -> str:
+  return json.dumps({key: _json_safe(value) for key, value in metrics.items()}, indent=2)
+
+
+def format_table(metrics: Mapping[str, Any]) -> str:
+  confusion = np.asarray(metrics["confusion_matrix"], np.int64)
+  classes = range(len(confusion))
+  lines = [f"Step {metrics['step']}, split {metrics['split']!r} of {metrics['dataset']!r}",
+           f"  loss            {metrics['loss']:.4f}",
+           f"  pixel accuracy  {metrics['pixel_accuracy']:.4f}",
+           f"  mean IoU        {metrics['mean_iou']:.4f}",
+           "",
+           "  class       IoU    Dice  pixels (true)"]
+  for index in classes:
+    lines.append(f"  {index:>5}  {metrics['iou_per_class'][index]:>8.4f}  {metrics['dice_per_class'][index]:>6.4f}"
+                 f"  {confusion[index].sum():>13,}")
+  width = max(len(f"{count:,}") for count in confusion.reshape(-1).tolist() + [0])
+  lines += ["", "  Confusion matrix (pixels; rows: true class, columns: predicted class)",
+            "  true\\pred " + " ".join(f"{index:>{width}}" for index in classes)]
+  for index in classes:
+    lines.append(f"  {index:>9} " + " ".join(f"{count:>{width},}" for count in confusion[index]))
+  return "\n".join(lines)
+
+
+def write_json(workdir: str, metrics: Mapping[str, Any]) -> epath.Path:
+  split = str(metrics["split"]).replace("/", "_").replace(":", "_")  # tfds slices like "test[:50%]" stay a file name.
+  path = epath.Path(workdir) / EVALUATION_DIR / f"step_{metrics['step']:06d}_{split}.json"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(to_json(metrics))
+  return path
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments {argv[1:]}; options go as --flag=value.")
+  distributed.initialize()
+  options = flags.FLAGS
+  overrides = config_flags.get_override_values(options["config"])
+  try:
+    metrics = evaluate_checkpoint(options.workdir, options.checkpoint, overrides)
+  except (FileNotFoundError, ValueError) as error:
+    sys.exit(f"evaluate: error: {error}")
+  if jax.process_index() != 0:
+    return
+  path = write_json(options.workdir, metrics)
+  print(to_json(metrics) if options.json else f"{format_table(metrics)}\n\nWrote {path}")
+
+
+def _define_flags() -> None:
+  flags.DEFINE_string("workdir", None, "The training run's --workdir.")
+  flags.DEFINE_string("checkpoint", "latest", f"Which checkpoint: {predict.CHECKPOINT_CHOICES} (by eval mean IoU).")
+  flags.DEFINE_bool("json", False, "Print the metrics as JSON instead of the table.")
+  # The defaults only define which fields exist; the run's own config.json supplies the values.
+  config_flags.DEFINE_config_dict("config", default_config.get_config(), "Changes to the run's config for this "
+                                  "evaluation: --config.data.* and --config.batch_size only.", lock_config=True)
+
+
+if __name__ == "__main__":
+  _define_flags()
+  flags.mark_flags_as_required(["workdir"])
+  app.run(main)
