@@ -34,6 +34,13 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (a get_co
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "", "Where checkpoints, metrics and figures go (local or gs://). An "
                                "existing workdir resumes from its latest checkpoint. Default: a new runs/<config>-<time>.")
+# Multi-process runs (GPU clusters, CPU rehearsals); each falls back to its JAX_* environment variable, and Cloud TPU
+# VMs and single-process runs need none of them.
+_COORDINATOR_ADDRESS = flags.DEFINE_string("coordinator_address", "", "HOST:PORT of process 0 "
+                                           "(default: $JAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", -1, "Processes in the run (-1: $JAX_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's id, 0 on the coordinator's host "
+                                   "(-1: $JAX_PROCESS_ID).")
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx: optax.GradientTransformation,
@@ -242,7 +249,10 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; options go as --flag=value.")
   _quiet_library_info()
-  distributed.initialize()
+  try:
+    distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  except ValueError as error:  # Incomplete or malformed multi-process settings: the user's to fix, no traceback.
+    raise app.UsageError(str(error)) from None
   workdir = _WORKDIR.value
   if not workdir:
     if jax.process_count() > 1:
