@@ -1,0 +1,69 @@
+"""The TF tutorial's recipe on real Oxford-IIIT Pet photos, sized for a CPU: the fidelity protocol of issue 7.
+
+What it reproduces: tensorflow.org/tutorials/images/segmentation on `../shared/data/pets_sample` (600 real photos
+of 3 breeds, trimaps {1,2,3} -> {pet, background, border}): 128 px, the ImageNet MobileNetV2 (alpha 1.0) encoder
+frozen, random horizontal flips, batch 16, Adam 1e-3, 300 steps. Inputs are x / 127.5 - 1 (the encoder's own range).
+
+Two modes (the part after ':' in --config):
+  configs/pets_sample.py       trains on the official trainval list (300), evaluates the official test list (298)
+                               once, at the end: the final figure of a recipe.
+  configs/pets_sample.py:val   trains on 240 of trainval, evaluates the other 60 (configs/pets_sample_split/,
+                               a seeded per-breed 20% from bench/quality_split.py) every 100 steps: choose recipes
+                               here, never on test.
+
+Hardware and time: 2 shared CPU cores, about 1.5-3 s a step depending on the load: 8-15 minutes for 300 steps.
+Expected result (bench/quality.md): test pixel accuracy ~0.88 and mean IoU ~0.70 (border IoU ~0.45); the TF
+tutorial's own model measured 0.881 / 0.705 with this input scaling on this kind of machine.
+
+Run from the repository root (paths to ../shared are resolved from this file, not the working directory):
+  python -m unet_jax.train --config configs/pets_sample.py --workdir runs/pets_sample --config.seed=0
+"""
+
+import pathlib
+
+import ml_collections
+
+from unet_jax import default_config
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+SPLIT_DIR = REPO_ROOT / "configs" / "pets_sample_split"
+MODES = ("test", "val")
+
+
+def get_config(mode: str = "test") -> ml_collections.ConfigDict:
+  if mode not in MODES:
+    raise ValueError(f"--config configs/pets_sample.py:{mode}: unknown mode {mode!r}; use one of {MODES}.")
+  config = default_config.get_config()
+  config.seed = 0
+  config.batch_size = 16
+  config.num_train_steps = 300
+  config.optimizer = "adam"
+  config.learning_rate = 1e-3
+  config.log_every_steps = 25
+  config.eval_every_steps = 100 if mode == "val" else 300  # Test is read once, after the last step.
+  config.checkpoint_every_steps = 300
+
+  config.model.num_classes = 3
+  config.model.alpha = 1.0
+  config.model.freeze_encoder = True
+  config.model.pretrained = str(SHARED_DIR / "weights" / "mobilenet_v2_1.0_224_no_top.imagenet.keras2.h5")
+
+  config.data.name = "folder"
+  config.data.image_size = 128
+  config.data.normalization = "minus_one_to_one"
+  config.data.train_split = "train"
+  config.data.eval_split = "test"
+  config.data.augment.flip = True
+  folder = config.data.folder
+  folder.root = str(SHARED_DIR / "data" / "pets_sample")
+  folder.images = "images"
+  folder.masks = "annotations/trimaps"
+  folder.mask_value_map = "1:0,2:1,3:2"
+  if mode == "val":  # Absolute paths: the folder source joins them to root, which keeps them as they are.
+    folder.train_list = str(SPLIT_DIR / "train.txt")
+    folder.test_list = str(SPLIT_DIR / "val.txt")
+  else:
+    folder.train_list = "annotations/trainval.txt"
+    folder.test_list = "annotations/test.txt"
+  return config
