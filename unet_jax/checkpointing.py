@@ -35,8 +35,11 @@ def make_manager(workdir: str, *, max_to_keep: int, read_only: bool = False) -> 
           ocp.checkpoint_managers.BestN(get_metric_fn=_mean_iou, n=1, keep_checkpoints_without_metrics=False),
       ]),
       best_fn=_mean_iou,  # What `best_step()` ranks by.
-      cleanup_tmp_directories=True,  # Half-written saves of a killed run.
       read_only=read_only,
+      # Writers remove half-written saves of a killed run; readers leave the directory as it is (and Orbax quiet).
+      create=not read_only,
+      cleanup_tmp_directories=not read_only,
+      save_interval_steps=0 if read_only else 1,
   )
   return ocp.CheckpointManager(epath.Path(workdir) / CHECKPOINT_DIR, options=options)
 

@@ -33,11 +33,12 @@ class MetricWriter:
     self._jsonl.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
     self._jsonl.flush()
     for name, value in metrics.items():
-      if isinstance(value, (list, tuple)):  # Per-class values: one curve per class.
+      if isinstance(value, (int, float)):
+        self._tensorboard.scalar(f"{split}/{name}", value, step)
+      elif all(isinstance(scalar, (int, float)) for scalar in value):  # Per-class values: one curve per class.
         for index, scalar in enumerate(value):
           self._tensorboard.scalar(f"{split}/{name}_{index}", scalar, step)
-      else:
-        self._tensorboard.scalar(f"{split}/{name}", value, step)
+      # Anything else (the confusion matrix) is for the JSON lines only.
     tqdm.write(f"[{split} step {step}] " + ", ".join(f"{name}={_format(value)}" for name, value in metrics.items()))
 
   def close(self) -> None:

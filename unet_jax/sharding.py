@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
@@ -25,3 +26,8 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
   """This process's slice of a global batch -> global arrays (the same call on every process builds the batch)."""
   sharding = batch_sharded(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def local_rows(array: jax.Array, mesh: Mesh) -> np.ndarray:
+  """This process's rows of a batch-sharded global array (the rows its own local batch fed), as numpy."""
+  return np.asarray(multihost_utils.global_array_to_host_local_array(array, mesh, PartitionSpec(DATA_AXIS)))

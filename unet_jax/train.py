@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -25,23 +24,11 @@ from etils import epath
 from ml_collections import config_flags
 from tqdm import tqdm
 
+FLAGS = flags.FLAGS
+
 from unet_jax import (checkpointing, data, distributed, losses, metric_writers, metrics, sharding, train_state,
                       visualize)
 from unet_jax.train_state import TrainState
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (a get_config() module), e.g. "
-                                          "configs/pets.py; override fields with --config.field=value.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", "", "Where checkpoints, metrics and figures go (local or gs://). An "
-                               "existing workdir resumes from its latest checkpoint. Default: a new runs/<config>-<time>.")
-# Multi-process runs (GPU clusters, CPU rehearsals); each falls back to its JAX_* environment variable, and Cloud TPU
-# VMs and single-process runs need none of them.
-_COORDINATOR_ADDRESS = flags.DEFINE_string("coordinator_address", "", "HOST:PORT of process 0 "
-                                           "(default: $JAX_COORDINATOR_ADDRESS).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", -1, "Processes in the run (-1: $JAX_NUM_PROCESSES).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's id, 0 on the coordinator's host "
-                                   "(-1: $JAX_PROCESS_ID).")
-
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx: optax.GradientTransformation,
                class_weights: tuple[float, ...], dice_weight: float) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -60,50 +47,99 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx: opt
   return state, {"loss": loss, "pixel_accuracy": (logits.argmax(-1) == batch["mask"]).mean()}
 
 
+def _logits(state: TrainState, images: jax.Array, model) -> jax.Array:
+  return model.apply({"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
+
+
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model, num_classes: int,
               class_weights: tuple[float, ...], dice_weight: float) -> dict[str, jax.Array]:
-  """Sums over the batch (padding weighted out), so that eval can add them up over the whole split."""
-  logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False)
+  """Sums over the batch (padding weighted out), so that eval can add them up over the whole split; and the
+  predicted masks, left sharded like the batch (only the figure's few rows are ever fetched)."""
+  logits = _logits(state, batch["image"], model)
   loss = losses.segmentation_loss(logits, batch["mask"], class_weights=class_weights, dice_weight=dice_weight)
+  predictions = logits.argmax(-1)
   return {"loss_sum": (loss * batch["weight"]).sum(), "weight_sum": batch["weight"].sum(),
-          "confusion": metrics.confusion_matrix(batch["mask"], logits.argmax(-1), num_classes, batch["weight"])}
+          "confusion": metrics.confusion_matrix(batch["mask"], predictions, num_classes, batch["weight"]),
+          "predictions": predictions}
 
 
 def predict_step(state: TrainState, images: jax.Array, *, model) -> jax.Array:
-  logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
-  return logits.argmax(-1)
+  return _logits(state, images, model).argmax(-1)
+
+
+def make_train_fn(config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation,
+                  mesh: jax.sharding.Mesh):
+  """The jitted train step: state replicated and donated, batch split over the data axis."""
+  return jax.jit(functools.partial(train_step, model=model, tx=tx, class_weights=tuple(config.class_weights),
+                                   dice_weight=config.dice_weight),
+                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+                 out_shardings=sharding.replicated(mesh), donate_argnums=0)
+
+
+def make_eval_fn(config: ml_collections.ConfigDict, model, mesh: jax.sharding.Mesh):
+  """The jitted eval step: sums replicated (XLA reduces them over devices), predictions split like the batch."""
+  replicated, batch_sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  return jax.jit(functools.partial(eval_step, model=model, num_classes=config.model.num_classes,
+                                   class_weights=tuple(config.class_weights), dice_weight=config.dice_weight),
+                 in_shardings=(replicated, batch_sharded),
+                 out_shardings={"loss_sum": replicated, "weight_sum": replicated, "confusion": replicated,
+                                "predictions": batch_sharded})
 
 
 def evaluate(eval_fn, state: TrainState, config: ml_collections.ConfigDict,
              mesh: jax.sharding.Mesh) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-  """Metrics over the whole eval split (a confusion matrix summed over every batch), and its first local batch."""
+  """Metrics over the whole eval split from one confusion matrix summed over every batch (`confusion_matrix`:
+  rows true, columns predicted), and this process's first batch with its "predictions"."""
   confusion = np.zeros((config.model.num_classes,) * 2, np.int64)
   loss_sum = weight_sum = 0.0
   first_batch = None
   for index, batch in enumerate(data.eval_batches(config.data, global_batch_size=config.batch_size)):
+    outputs = eval_fn(state, sharding.shard_batch(batch, mesh))
     if index == 0:
-      first_batch = batch
-    sums = jax.device_get(eval_fn(state, sharding.shard_batch(batch, mesh)))
+      first_batch = {**batch, "predictions": sharding.local_rows(outputs["predictions"], mesh)}
+    sums = jax.device_get({name: outputs[name] for name in ("confusion", "loss_sum", "weight_sum")})
     confusion += sums["confusion"]
     loss_sum += float(sums["loss_sum"])
     weight_sum += float(sums["weight_sum"])
   if first_batch is None:
     raise ValueError(f"The eval split {config.data.eval_split!r} of {config.data.name!r} holds no examples.")
-  return {"loss": loss_sum / weight_sum, **metrics.segmentation_metrics(confusion)}, first_batch
+  return ({"loss": loss_sum / weight_sum, **metrics.segmentation_metrics(confusion),
+           "confusion_matrix": confusion.tolist()}, first_batch)
 
 
-def write_predictions(predict_fn, state: TrainState, batch: dict[str, np.ndarray], config: ml_collections.ConfigDict,
-                      mesh: jax.sharding.Mesh, path: str) -> None:
-  """The tutorial's show_predictions on fixed examples: the first real ones of the eval split.
-
-  Every process joins the prediction (a collective); process 0 draws its own local rows, which lead the global batch.
-  """
-  predicted = np.asarray(predict_fn(state, sharding.shard_batch({"image": batch["image"]}, mesh)["image"]))
+def write_predictions(batch: dict[str, np.ndarray], config: ml_collections.ConfigDict, path: str) -> None:
+  """The tutorial's show_predictions on fixed examples: the first real ones of the eval split (process 0 only)."""
   if jax.process_index() != 0:
     return
   rows = np.flatnonzero(batch["weight"] > 0)[:config.num_prediction_examples]
   visualize.save_predictions(path, visualize.to_display_range(batch["image"][rows], config.data.normalization),
-                             batch["mask"][rows], predicted[rows], config.model.num_classes)
+                             batch["mask"][rows], batch["predictions"][rows], config.model.num_classes)
+
+
+def _init_fn(config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation):
+  """The pure function building a fresh state from the pretrained encoder variables (or None): jit it, or
+  eval_shape it for the structure a checkpoint restores into."""
+  def init(encoder_variables=None) -> TrainState:
+    return train_state.create_train_state(model, tx, jax.random.PRNGKey(config.seed), config.data.image_size,
+                                          encoder_variables, config.model.pretrained)
+  return init
+
+
+def _restore(manager, step: int, config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation,
+             mesh: jax.sharding.Mesh) -> TrainState:
+  target = checkpointing.abstract_state(jax.eval_shape(_init_fn(config, model, tx)), mesh)
+  return checkpointing.restore(manager, step, target)
+
+
+def restore_state(config: ml_collections.ConfigDict, workdir: str, step: int, mesh: jax.sharding.Mesh) -> TrainState:
+  """The state a run in `workdir` saved at `step`, replicated on `mesh` (any device count), through the same path
+  the trainer resumes by. The optimizer's phase at `step` fixes the state's structure; the schedule's length does
+  not enter it, so `step` stands in for num_train_steps."""
+  model = train_state.create_model(config.model)
+  tx = train_state.make_optimizer(config, max(step, 1), train_encoder=train_state.encoder_trains(config, step))
+  with contextlib.closing(checkpointing.make_manager(workdir, max_to_keep=config.max_to_keep,
+                                                     read_only=True)) as manager:
+    return _restore(manager, step, config, model, tx, mesh)
 
 
 def _check_finite(step_metrics: list[tuple[int, dict[str, np.ndarray]]], manager) -> None:
@@ -151,19 +187,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model = train_state.create_model(config.model)
   phases = {train_state.encoder_trains(config, 0), train_state.encoder_trains(config, num_train_steps)}
   optimizers = {trains: train_state.make_optimizer(config, num_train_steps, train_encoder=trains) for trains in phases}
-  replicated, batch_sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  loss_options = dict(class_weights=tuple(config.class_weights), dice_weight=config.dice_weight)
-  train_fns = {trains: jax.jit(functools.partial(train_step, model=model, tx=tx, **loss_options),
-                               in_shardings=(replicated, batch_sharded), out_shardings=replicated, donate_argnums=0)
-               for trains, tx in optimizers.items()}
-  eval_fn = jax.jit(functools.partial(eval_step, model=model, num_classes=config.model.num_classes, **loss_options),
-                    in_shardings=(replicated, batch_sharded), out_shardings=replicated)
-  predict_fn = jax.jit(functools.partial(predict_step, model=model), in_shardings=(replicated, batch_sharded),
-                       out_shardings=replicated)
-
-  def init(tx, encoder_variables=None):
-    return train_state.create_train_state(model, tx, jax.random.PRNGKey(config.seed), config.data.image_size,
-                                          encoder_variables, config.model.pretrained)
+  train_fns = {trains: make_train_fn(config, model, tx, mesh) for trains, tx in optimizers.items()}
+  eval_fn = make_eval_fn(config, model, mesh)
+  replicated = sharding.replicated(mesh)
 
   with contextlib.ExitStack() as stack:  # Closing the manager waits for its last async save, even on errors.
     manager = stack.enter_context(contextlib.closing(
@@ -172,11 +198,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start_step = manager.latest_step() or 0
     tx = optimizers[train_state.encoder_trains(config, start_step)]
     if start_step:
-      target = checkpointing.abstract_state(jax.eval_shape(functools.partial(init, tx)), mesh)
-      state = checkpointing.restore(manager, start_step, target)
+      state = _restore(manager, start_step, config, model, tx, mesh)
       logging.info("Resumed from %s at step %d.", manager.directory, start_step)
     else:
-      state = jax.jit(functools.partial(init, tx), out_shardings=replicated)(
+      state = jax.jit(_init_fn(config, model, tx), out_shardings=replicated)(
           train_state.load_encoder_variables(config))
 
     train_iter = data.train_batches(config.data, global_batch_size=config.batch_size, seed=config.seed,
@@ -215,8 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         _check_finite(jax.device_get(pending), manager)
         step_eval, first_batch = evaluate(eval_fn, state, config, mesh)
         writer.write(step, "eval", step_eval)
-        write_predictions(predict_fn, state, first_batch, config, mesh,
-                          str(epath.Path(workdir) / "predictions" / f"step_{step:06d}.png"))
+        write_predictions(first_batch, config, str(epath.Path(workdir) / "predictions" / f"step_{step:06d}.png"))
         eval_metrics = step_eval
         last_log_time = time.perf_counter()  # Eval time is not training throughput.
 
@@ -238,10 +262,13 @@ def default_workdir(config_path: str) -> str:
 
 
 def _quiet_library_info() -> None:
-  """Orbax and tfds narrate every save and dataset open at INFO; the console keeps this run's lines and warnings."""
+  """Orbax and tfds narrate every save and dataset open at INFO; the console keeps this run's lines and warnings
+  (less Orbax's note that a checkpoint between evals has no metrics: by design, see `checkpointing.make_manager`)."""
   def keep(record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or not any(
-        library in record.pathname for library in ("/orbax/", "/tensorflow_datasets/"))
+    if any(library in record.pathname for library in ("/orbax/", "/tensorflow_datasets/")):
+      return record.levelno > std_logging.WARNING or (
+          record.levelno == std_logging.WARNING and "did not provide metrics" not in record.getMessage())
+    return True
   logging.get_absl_handler().addFilter(keep)
 
 
@@ -250,16 +277,16 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; options go as --flag=value.")
   _quiet_library_info()
   try:
-    distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   except ValueError as error:  # Incomplete or malformed multi-process settings: the user's to fix, no traceback.
     raise app.UsageError(str(error)) from None
-  workdir = _WORKDIR.value
+  workdir = FLAGS.workdir
   if not workdir:
     if jax.process_count() > 1:
       raise app.UsageError("A multi-process run needs an explicit --workdir shared by all processes.")
-    workdir = default_workdir(flags.FLAGS["config"].config_filename)
+    workdir = default_workdir(FLAGS["config"].config_filename)
   logging.info("Workdir: %s", workdir)
-  train_and_evaluate(_CONFIG.value, workdir)
+  train_and_evaluate(FLAGS.config, workdir)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -277,6 +304,21 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(1)
 
 
-if __name__ == "__main__":
+def define_flags() -> None:
+  """The CLI's flags, defined only when this module runs as a program: modules that import the trainer's
+  functions (evaluate, predict) define their own --config/--workdir."""
+  config_flags.DEFINE_config_file("config", None, "Config file (a get_config() module), e.g. configs/pets.py; "
+                                  "override fields with --config.field=value.", lock_config=True)
+  flags.DEFINE_string("workdir", "", "Where checkpoints, metrics and figures go (local or gs://). An existing "
+                      "workdir resumes from its latest checkpoint. Default: a new runs/<config>-<time>.")
+  # Multi-process runs (GPU clusters, CPU rehearsals); each falls back to its JAX_* environment variable, and Cloud
+  # TPU VMs and single-process runs need none of them.
+  flags.DEFINE_string("coordinator_address", "", "HOST:PORT of process 0 (default: $JAX_COORDINATOR_ADDRESS).")
+  flags.DEFINE_integer("num_processes", -1, "Processes in the run (-1: $JAX_NUM_PROCESSES).")
+  flags.DEFINE_integer("process_id", -1, "This process's id, 0 on the coordinator's host (-1: $JAX_PROCESS_ID).")
   flags.mark_flags_as_required(["config"])
+
+
+if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=parse_flags)
