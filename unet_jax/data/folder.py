@@ -159,9 +159,10 @@ def _scan(images_dir: pathlib.Path, masks_dir: pathlib.Path, value_map_text: str
                      ". Fix them, or set --config.data.folder.skip_bad_files=True to skip them.")
   for problem in problems:
     logging.warning("Skipping: %s", problem)
-  if not pairs:
-    raise DatasetNotFoundError(f"no image/mask pairs in {images_dir} and {masks_dir} (matched by file stem).")
-  return tuple(pair for pair, verdict in zip(pairs, verdicts) if not verdict)
+  usable = tuple(pair for pair, verdict in zip(pairs, verdicts) if not verdict)
+  if not usable:
+    raise DatasetNotFoundError(f"no usable image/mask pairs in {images_dir} and {masks_dir} (matched by file stem).")
+  return usable
 
 
 def _read_list(path: pathlib.Path) -> list[str]:

@@ -9,8 +9,8 @@ What makes it a fair task rather than a colour threshold: objects are smooth ran
 Gaussian bumps with a wobbly level set, sometimes two of them), their colour is often close to the background's,
 and what separates them is fine texture (stripes, spots, checks, fur) and rim shading; the background has its own
 coarse blotches, an illumination ramp and flat distractor patches; objects vary in size, are often cut by the
-image edge, and everything gets pixel noise and JPEG artefacts. The border class is a band around the object
-outline, 2-3 px wide once resized to the tutorial's 128 px, like the pet trimaps.
+image edge, and everything gets pixel noise and JPEG artefacts. The border class is the band where the object
+fades into the background, 3.5-5% of the image side wide (4-6 px at the tutorial's 128 px), like the pet trimaps.
 """
 
 import dataclasses
@@ -125,26 +125,30 @@ def draw_example(rng: np.random.Generator, min_side: int, max_side: int) -> tupl
       field = np.maximum(field, _blob_field(rng, y, x, scale * rng.uniform(0.6, 1.0)))
     if 0.08 < np.mean(field > 0) < 0.7:
       break
-  # First-order signed distance to the outline in px (positive inside): thin, even border bands.
+  # First-order signed distance to the outline in px (positive inside): border bands of even width.
   gy, gx = np.gradient(field)
   distance = field / (np.sqrt(gy**2 + gx**2) + 1e-6)
-  # 2-3 px wide at a 128 px training size, like the pet trimaps' bands after the tutorial's resize.
-  border = np.abs(distance) <= rng.uniform(1.0, 1.5) * max(1.0, (h + w) / 256)
+  # The border band is 3.5-5% of the image side wide, like the pet trimaps' (median ~3.7%: ~5 px at 128 px).
+  half_width = rng.uniform(0.0175, 0.025) * (h + w) / 2
+  border = np.abs(distance) <= half_width
   trimap = np.where(border, 3, np.where(distance > 0, 1, 2)).astype(np.uint8)
 
   background_colour = rng.uniform(20, 235, 3).astype(np.float32)
-  if rng.random() < 0.5:  # Often camouflaged: the object's colour close to the background's.
-    object_colour = background_colour + rng.normal(0, 20, 3).astype(np.float32)
+  if rng.random() < 0.35:  # Often camouflaged: the object's colour close to the background's.
+    object_colour = background_colour + rng.normal(0, 25, 3).astype(np.float32)
   else:
     object_colour = rng.uniform(20, 235, 3).astype(np.float32)
   label = int(rng.integers(len(TEXTURES)))
-  contrast = rng.uniform(25, 55) * rng.choice((-1.0, 1.0)).item()
+  contrast = rng.uniform(30, 60) * rng.choice((-1.0, 1.0)).item()
   shading = 0.7 + 0.3 * np.clip(distance / (0.5 * scale), 0, 1)  # Darker towards the rim.
   obj = (20 * _smooth_noise(rng, (h, w), cell=rng.uniform(8, 16), channels=3)
          + (object_colour + contrast * _texture(rng, TEXTURES[label], y, x)[..., None])) * shading[..., None]
-  alpha = np.clip(distance + 0.5, 0, 1)[..., None]  # One anti-aliased pixel at the outline.
+  # A soft edge: the object fades into the background across the band, like fur, which is why annotators left
+  # that band unclassified.
+  alpha = np.clip(distance / (2 * half_width) + 0.5, 0, 1)[..., None]
   image = _background(rng, y, x, background_colour)
   image += (obj - image) * alpha
+  image *= (1 - 0.3 * np.clip(1 - np.abs(distance) / half_width, 0, 1))[..., None]  # A soft shadow along the outline.
   image += rng.uniform(2, 10) * _pixel_noise(rng, image.shape, max_size=3 * max_side**2)
   return np.clip(image, 0, 255).astype(np.uint8), trimap[..., None], label
 
