@@ -116,7 +116,7 @@ def write_predictions(batch: dict[str, np.ndarray], config: ml_collections.Confi
                              batch["mask"][rows], batch["predictions"][rows], config.model.num_classes)
 
 
-def _init_fn(config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation):
+def make_init_fn(config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation):
   """The pure function building a fresh state from the pretrained encoder variables (or None): jit it, or
   eval_shape it for the structure a checkpoint restores into."""
   def init(encoder_variables=None) -> TrainState:
@@ -127,7 +127,7 @@ def _init_fn(config: ml_collections.ConfigDict, model, tx: optax.GradientTransfo
 
 def _restore(manager, step: int, config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation,
              mesh: jax.sharding.Mesh) -> TrainState:
-  target = checkpointing.abstract_state(jax.eval_shape(_init_fn(config, model, tx)), mesh)
+  target = checkpointing.abstract_state(jax.eval_shape(make_init_fn(config, model, tx)), mesh)
   return checkpointing.restore(manager, step, target)
 
 
@@ -201,7 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state = _restore(manager, start_step, config, model, tx, mesh)
       logging.info("Resumed from %s at step %d.", manager.directory, start_step)
     else:
-      state = jax.jit(_init_fn(config, model, tx), out_shardings=replicated)(
+      state = jax.jit(make_init_fn(config, model, tx), out_shardings=replicated)(
           train_state.load_encoder_variables(config))
 
     train_iter = data.train_batches(config.data, global_batch_size=config.batch_size, seed=config.seed,

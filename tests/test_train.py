@@ -1,0 +1,179 @@
+"""The trainer as a user runs it: the CLI in real processes, on the offline data and the real U-Net (alpha 0.35, 64 px).
+
+One uninterrupted 1-device run is the reference; the other runs (8 simulated devices, killed and restarted,
+preempted) are compared with it.
+"""
+
+import json
+import pathlib
+import signal
+import subprocess
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from PIL import Image
+
+import train_testlib
+from train_testlib import synthetic_data_dir  # noqa: F401  (a fixture)
+from unet_jax import checkpointing, data, sharding, train
+
+NUM_STEPS = train_testlib.TINY["num_train_steps"]
+
+
+def _events(workdir: pathlib.Path, split: str) -> list[dict]:
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  return [event for event in map(json.loads, lines) if event["split"] == split]
+
+
+def _saved_steps(workdir: pathlib.Path) -> list[int]:
+  return sorted(int(path.name) for path in (workdir / "checkpoints").iterdir() if path.name.isdigit())
+
+
+def _checkpoint(workdir: pathlib.Path, step: int) -> dict:
+  """The saved train state as numpy arrays, read by its own metadata onto this process's one device."""
+  path = workdir / "checkpoints" / str(step) / "default"
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                        checkpointer.metadata(path).item_metadata)
+  return jax.device_get(checkpointer.restore(path, target))
+
+
+def _wait_for_checkpoint(process: subprocess.Popen, workdir: pathlib.Path, step: int) -> None:
+  deadline = time.monotonic() + 400
+  while not (workdir / "checkpoints" / str(step)).is_dir():  # Orbax renames a finished save into place.
+    assert process.poll() is None, f"the trainer exited ({process.returncode}) before saving step {step}"
+    assert time.monotonic() < deadline, f"no checkpoint of step {step} after 400 s"
+    time.sleep(0.02)
+
+
+def _start_trainer(workdir: pathlib.Path, data_dir: pathlib.Path, log: pathlib.Path) -> subprocess.Popen:
+  return subprocess.Popen(train_testlib.trainer_command(workdir, data_dir), env=train_testlib.trainer_env(),
+                          cwd=train_testlib.REPO_ROOT, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, synthetic_data_dir):  # noqa: F811
+  workdir = tmp_path_factory.mktemp("reference") / "run"
+  result = train_testlib.run_trainer(workdir, synthetic_data_dir)
+  return workdir, result.stderr
+
+
+@pytest.fixture(scope="module")
+def eight_devices(tmp_path_factory, synthetic_data_dir):  # noqa: F811
+  workdir = tmp_path_factory.mktemp("eight_devices") / "run"
+  result = train_testlib.run_trainer(workdir, synthetic_data_dir, devices=8)
+  return workdir, result.stderr
+
+
+def test_cli_writes_metrics_checkpoints_predictions_and_tensorboard(reference):
+  workdir, log = reference
+  assert "processes=1 devices=1" in log
+
+  train_events = _events(workdir, "train")
+  assert [e["step"] for e in train_events] == list(range(1, NUM_STEPS + 1))
+  assert all(np.isfinite(e["loss"]) and 0 <= e["pixel_accuracy"] <= 1 and e["images_per_second"] > 0
+             for e in train_events)
+  eval_events = _events(workdir, "eval")
+  assert [e["step"] for e in eval_events] == [3, 6]
+  for event in eval_events:
+    assert len(event["iou_per_class"]) == len(event["dice_per_class"]) == 3
+    assert event["mean_iou"] == pytest.approx(np.nanmean(event["iou_per_class"]))
+    assert np.sum(event["confusion_matrix"]) == 20 * 64 * 64  # Every pixel of the 20 eval images, padding left out.
+    assert np.isfinite(event["loss"]) and 0 <= event["pixel_accuracy"] <= 1
+
+  # Checkpoints every 2 steps and at each eval; kept: the 2 newest and the best eval.
+  best = max(eval_events, key=lambda e: e["mean_iou"])["step"]
+  assert set(_saved_steps(workdir)) == {4, 6, best}
+  assert checkpointing.load_config(workdir).data.name == "synthetic_pets/tiny"
+
+  for step in (3, 6):
+    with Image.open(workdir / "predictions" / f"step_{step:06d}.png") as figure:
+      assert figure.format == "PNG" and figure.width > 100 and figure.height > 100
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_8_simulated_devices_match_1_device(reference, eight_devices):
+  (workdir_1, _), (workdir_8, log_8) = reference, eight_devices
+  assert "devices=8" in log_8 and "mesh=(data=8)" in log_8
+  losses_1 = [e["loss"] for e in _events(workdir_1, "train")]
+  losses_8 = [e["loss"] for e in _events(workdir_8, "train")]
+  np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5, atol=1e-6)
+  for eval_1, eval_8 in zip(_events(workdir_1, "eval"), _events(workdir_8, "eval"), strict=True):
+    assert eval_8["loss"] == pytest.approx(eval_1["loss"], rel=1e-4)
+
+
+def test_checkpoint_of_8_devices_restores_on_1(eight_devices, synthetic_data_dir):  # noqa: F811
+  workdir = eight_devices[0]
+  config = checkpointing.load_config(workdir)
+  state = train.restore_state(config, str(workdir), NUM_STEPS, sharding.make_mesh())
+  assert jax.device_count() == 1 and int(state.step) == NUM_STEPS
+  saved = _checkpoint(workdir, NUM_STEPS)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), saved["params"])
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.batch_stats), saved["batch_stats"])
+
+
+def test_sigkill_and_restart_ends_bitwise_equal_to_an_uninterrupted_run(reference, tmp_path,
+                                                                        synthetic_data_dir):  # noqa: F811
+  workdir = tmp_path / "run"
+  process = _start_trainer(workdir, synthetic_data_dir, tmp_path / "killed.log")
+  _wait_for_checkpoint(process, workdir, 2)
+  process.kill()  # SIGKILL: no handler, no cleanup, possibly in the middle of the next save.
+  process.wait()
+  assert NUM_STEPS not in _saved_steps(workdir), "the run finished before the kill: nothing was interrupted"
+
+  result = train_testlib.run_trainer(workdir, synthetic_data_dir)
+  assert "Resumed from" in result.stderr
+  jax.tree.map(np.testing.assert_array_equal, _checkpoint(workdir, NUM_STEPS), _checkpoint(reference[0], NUM_STEPS))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, synthetic_data_dir):  # noqa: F811
+  workdir = tmp_path / "run"
+  log = tmp_path / "preempted.log"
+  process = _start_trainer(workdir, synthetic_data_dir, log)
+  _wait_for_checkpoint(process, workdir, 2)
+  process.send_signal(signal.SIGTERM)
+  assert process.wait(timeout=120) == 0
+  message = [line for line in log.read_text().splitlines() if "Preempted (SIGTERM) at step" in line]
+  assert message, log.read_text()[-3000:]
+  step = int(message[0].split("at step ")[1].split(":")[0])
+  assert step in _saved_steps(workdir)
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path, synthetic_data_dir):  # noqa: F811
+  result = train_testlib.run_trainer(tmp_path / "run", synthetic_data_dir, {"model.alfa": 0.5}, check=False)
+  assert result.returncode != 0
+  assert "--config.model.alfa=0.5: the config has no field 'alfa'" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_batch_not_divisible_by_the_device_count_is_a_clear_error(tmp_path, synthetic_data_dir):  # noqa: F811
+  result = train_testlib.run_trainer(tmp_path / "run", synthetic_data_dir, {"batch_size": 12}, devices=8, check=False)
+  assert result.returncode != 0
+  assert "12" in result.stderr and "8" in result.stderr and "batch_size" in result.stderr
+
+
+def test_missing_dataset_offline_is_a_clear_error(tmp_path, synthetic_data_dir):  # noqa: F811
+  config = train_testlib.tiny_config(tmp_path / "empty_tfds", {"data.name": "oxford_iiit_pet"})
+  with pytest.raises(data.DatasetNotFoundError, match="tfds build oxford_iiit_pet"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, synthetic_data_dir, monkeypatch):  # noqa: F811
+  real_train_batches = data.train_batches
+
+  def poisoned_at_step_3(*args, **kwargs):
+    for step, batch in enumerate(real_train_batches(*args, **kwargs), start=1):
+      if step == 3:
+        batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+      yield batch
+
+  monkeypatch.setattr(data, "train_batches", poisoned_at_step_3)
+  workdir = tmp_path / "run"
+  with pytest.raises(FloatingPointError, match="at step 3"):
+    train.train_and_evaluate(train_testlib.tiny_config(synthetic_data_dir), str(workdir))
+  assert _saved_steps(workdir) == [2]
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(_checkpoint(workdir, 2)["params"]))

@@ -1,0 +1,91 @@
+"""Shared by the trainer tests: a tiny config on the offline data, and the trainer CLI as a real subprocess.
+
+Subprocesses because the device count is fixed when JAX starts, and because kill/resume needs a real process.
+They share a persistent XLA compilation cache, so each distinct program compiles once per machine, not per run.
+"""
+
+import os
+import pathlib
+import runpy
+import subprocess
+import sys
+import tempfile
+
+import jax
+import ml_collections
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SYNTHETIC_CONFIG = REPO_ROOT / "configs" / "synthetic.py"
+XLA_CACHE_DIR = pathlib.Path(tempfile.gettempdir()) / "unet_jax_tests_xla_cache"
+jax.config.update("jax_compilation_cache_dir", str(XLA_CACHE_DIR))  # In-process tests share it too.
+
+# The model and data of every trainer test: seconds per step on a CPU, still the real U-Net and the real stream.
+TINY = {
+    "seed": 0,
+    "batch_size": 8,
+    "num_train_steps": 6,
+    "learning_rate": 3e-3,
+    "log_every_steps": 1,
+    "eval_every_steps": 3,
+    "checkpoint_every_steps": 2,
+    "max_to_keep": 2,
+    "num_prediction_examples": 2,
+    "model.alpha": 0.35,
+    "model.decoder_filters": (32, 16, 16, 8),
+    "model.pretrained": "",
+    "model.freeze_encoder": True,
+    "data.name": "synthetic_pets/tiny",
+    "data.image_size": 64,
+    "data.eval_split": "test[:20]",  # 3 eval batches of 8, the last one padded with 4 examples.
+    "data.shuffle_buffer": 64,
+}
+
+
+def tiny_config(data_dir: str | os.PathLike, overrides: dict | None = None) -> ml_collections.ConfigDict:
+  """configs/synthetic.py with TINY, then `overrides` (dotted keys as in TINY) applied."""
+  config = runpy.run_path(str(SYNTHETIC_CONFIG))["get_config"]()
+  for key, value in {**TINY, "data.data_dir": str(data_dir), **(overrides or {})}.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def _flag_value(value) -> str:
+  if isinstance(value, tuple):
+    return "(" + ",".join(map(str, value)) + ",)"
+  return str(value)
+
+
+def trainer_command(workdir: os.PathLike, data_dir: os.PathLike, overrides: dict | None = None) -> list[str]:
+  settings = {**TINY, "data.data_dir": str(data_dir), **(overrides or {})}
+  return [sys.executable, "-m", "unet_jax.train", f"--config={SYNTHETIC_CONFIG}", f"--workdir={workdir}",
+          *(f"--config.{key}={_flag_value(value)}" for key, value in settings.items())]
+
+
+def trainer_env(devices: int = 1) -> dict[str, str]:
+  flags = os.environ.get("XLA_FLAGS", "")
+  return {**os.environ, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2",
+          "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}",
+          "JAX_COMPILATION_CACHE_DIR": str(XLA_CACHE_DIR), "PYTHONPATH": str(REPO_ROOT)}
+
+
+def run_trainer(workdir: os.PathLike, data_dir: os.PathLike, overrides: dict | None = None, *, devices: int = 1,
+                check: bool = True) -> subprocess.CompletedProcess:
+  result = subprocess.run(trainer_command(workdir, data_dir, overrides), env=trainer_env(devices), cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+  if check and result.returncode != 0:
+    raise AssertionError(f"trainer exited {result.returncode}:\n{result.stderr[-6000:]}")
+  return result
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+  """A tfds data_dir with `synthetic_pets/tiny` built, once per test process (import this fixture to use it)."""
+  from unet_jax import data  # The data pipeline imports TensorFlow: only when a test needs it.
+  data_dir = tmp_path_factory.mktemp("tfds")
+  data.num_examples(tiny_config(data_dir).data, "train")  # Preparing it is part of opening it.
+  return data_dir
