@@ -2,16 +2,18 @@
 
 import json
 import math
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from inference_testlib import trained  # noqa: F401  (a fixture)
-from train_testlib import synthetic_data_dir  # noqa: F401  (a fixture)
-from unet_jax import evaluate
+from train_testlib import REPO_ROOT, synthetic_data_dir, trainer_env  # noqa: F401  (a fixture)
+from unet_jax import data, evaluate
 
-METRICS = ("loss", "pixel_accuracy", "mean_iou", "iou_per_class", "dice_per_class")
-TEST_EXAMPLES, TRAIN_EXAMPLES = 24, 64  # synthetic_pets/tiny.
+METRICS = ("loss", "pixel_accuracy", "mean_iou", "iou_per_class", "dice_per_class", "confusion_matrix")
 
 
 def assert_same_metrics(got: dict, want: dict) -> None:
@@ -23,11 +25,10 @@ def assert_same_metrics(got: dict, want: dict) -> None:
 def test_metrics_equal_the_trainers_eval_of_that_checkpoint(trained):  # noqa: F811
   got = evaluate.evaluate_checkpoint(str(trained.workdir), checkpoint="latest")
   step = max(trained.eval_metrics)
-  assert (got["step"], got["split"]) == (step, "test")
+  assert (got["step"], got["split"]) == (step, trained.config.data.eval_split)
   assert_same_metrics(got, trained.eval_metrics[step])
   confusion = np.asarray(got["confusion_matrix"])
-  size = trained.config.data.image_size
-  assert confusion.shape == (3, 3) and confusion.sum() == TEST_EXAMPLES * size * size  # Padding left out.
+  assert confusion.shape == (3, 3) and confusion.sum() == _pixels(trained.config, trained.config.data.eval_split)
   assert got["pixel_accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
 
 
@@ -40,9 +41,13 @@ def test_best_is_the_checkpoint_with_the_highest_mean_iou(trained):  # noqa: F81
 
 def test_data_overrides_pick_another_split(trained):  # noqa: F811
   got = evaluate.evaluate_checkpoint(str(trained.workdir), overrides={"data.eval_split": "train"})
-  size = trained.config.data.image_size
   assert got["split"] == "train"
-  assert np.asarray(got["confusion_matrix"]).sum() == TRAIN_EXAMPLES * size * size
+  assert np.asarray(got["confusion_matrix"]).sum() == _pixels(trained.config, "train")
+
+
+def _pixels(config, split: str) -> int:
+  """Every pixel of every example of the split, once: what a confusion matrix without the padding counts."""
+  return data.num_examples(config.data, split) * config.data.image_size ** 2
 
 
 def test_only_data_and_batch_size_may_change(trained):  # noqa: F811
@@ -53,3 +58,17 @@ def test_only_data_and_batch_size_may_change(trained):  # noqa: F811
 def test_json_has_null_for_an_absent_class():
   text = evaluate.to_json({"step": 3, "iou_per_class": [0.5, math.nan], "confusion_matrix": [[1, 0], [0, 0]]})
   assert json.loads(text) == {"step": 3, "iou_per_class": [0.5, None], "confusion_matrix": [[1, 0], [0, 0]]}
+
+
+def test_cli_prints_the_table_and_writes_json(trained):  # noqa: F811
+  step = min(trained.eval_metrics)
+  result = subprocess.run([sys.executable, "-m", "unet_jax.evaluate", f"--workdir={trained.workdir}",
+                           f"--checkpoint={step}", "--config.data.eval_split=test[:12]"], env=trainer_env(),
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"Step {step}, split 'test[:12]'" in result.stdout and "Confusion matrix" in result.stdout
+  path = pathlib.Path(result.stdout.rsplit("Wrote ", 1)[1].strip())
+  assert path.parent == trained.workdir / "evaluation"
+  written = json.loads(path.read_text())
+  assert (written["step"], written["split"]) == (step, "test[:12]")
+  assert np.asarray(written["confusion_matrix"]).sum() == _pixels(trained.config, "test[:12]")

@@ -7,7 +7,6 @@ Prints a table and writes the metrics as JSON to workdir/evaluation/step_XXXXXX_
 JSON instead of the table).
 """
 
-import functools
 import json
 import math
 import sys
@@ -21,7 +20,7 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from unet_jax import checkpointing, data, default_config, distributed, predict, sharding, train
+from unet_jax import checkpointing, data, default_config, distributed, predict, train
 
 EVALUATION_DIR = "evaluation"
 # The fields an evaluation may change: which examples it reads and how many at once, never the model.
@@ -49,28 +48,8 @@ def evaluate_checkpoint(workdir: str, checkpoint: str | int = "latest",
     config = config_with_overrides(checkpointing.load_config(workdir), overrides)
   run = predict.load_run(workdir, checkpoint, config)
   data.check_global_batch_size(run.config.batch_size)
-  eval_fn = _make_eval_fn(run.config, run.model, run.mesh)
-  # TODO(trainer API): read the confusion matrix from train.evaluate's result (INTERFACES.md, request 2); until then
-  # it is summed from the per-batch sums the trainer's own loop fetches.
-  batch_confusions = []
-
-  def eval_fn_keeping_confusion(state, batch):
-    sums = eval_fn(state, batch)
-    batch_confusions.append(sums["confusion"])
-    return sums
-
-  metrics, _ = train.evaluate(eval_fn_keeping_confusion, run.state, run.config, run.mesh)
-  confusion = np.sum([np.asarray(jax.device_get(c), np.int64) for c in batch_confusions], axis=0)
-  return {"step": run.step, "split": run.config.data.eval_split, "dataset": run.config.data.name, **metrics,
-          "confusion_matrix": confusion.tolist()}
-
-
-# TODO(trainer API): `train.make_eval_fn(config, model, mesh)` (INTERFACES.md, request 1).
-def _make_eval_fn(config: ml_collections.ConfigDict, model, mesh: jax.sharding.Mesh):
-  replicated = sharding.replicated(mesh)
-  step = functools.partial(train.eval_step, model=model, num_classes=config.model.num_classes,
-                           class_weights=tuple(config.class_weights), dice_weight=config.dice_weight)
-  return jax.jit(step, in_shardings=(replicated, sharding.batch_sharded(mesh)), out_shardings=replicated)
+  metrics, _ = train.evaluate(train.make_eval_fn(run.config, run.model, run.mesh), run.state, run.config, run.mesh)
+  return {"step": run.step, "split": run.config.data.eval_split, "dataset": run.config.data.name, **metrics}
 
 
 def _json_safe(value: Any) -> Any:
@@ -142,4 +121,4 @@ def _define_flags() -> None:
 if __name__ == "__main__":
   _define_flags()
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  app.run(main, flags_parser=train.parse_flags)

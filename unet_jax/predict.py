@@ -8,8 +8,8 @@ boundaries stay smooth) before the argmax. The resize and normalisation are the 
 graph, so it computes exactly what this module computes.
 """
 
+import contextlib
 import dataclasses
-import functools
 import pathlib
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,7 +24,7 @@ from absl import app, flags, logging
 from etils import epath
 from tqdm import tqdm
 
-from unet_jax import checkpointing, data, image_io, sharding, train_state
+from unet_jax import checkpointing, data, image_io, sharding, train, train_state
 from unet_jax.models.unet import INPUT_MULTIPLE
 
 CHECKPOINT_CHOICES = "'latest', 'best' or a step number"
@@ -85,24 +85,12 @@ def load_run(workdir: str, checkpoint: str | int = "latest",
   """The run's config (or `config`, e.g. with data overrides), its model and the state of one checkpoint."""
   check_workdir(workdir)
   config = config or checkpointing.load_config(workdir)
-  manager = checkpointing.make_manager(workdir, max_to_keep=config.max_to_keep, read_only=True)
-  try:
+  with contextlib.closing(checkpointing.make_manager(workdir, max_to_keep=config.max_to_keep,
+                                                     read_only=True)) as manager:
     step = resolve_step(manager, checkpoint, workdir)
-    mesh = sharding.make_mesh()
-    model = train_state.create_model(config.model)
-    state = _restore_state(manager, step, config, model, mesh)
-  finally:
-    manager.close()
-  return TrainedRun(config, model, state, step, mesh)
-
-
-# TODO(trainer API): `train.restore_state(config, workdir, step, mesh)` once the trainer exposes it (INTERFACES.md).
-def _restore_state(manager, step: int, config: ml_collections.ConfigDict, model: nn.Module,
-                   mesh: jax.sharding.Mesh) -> train_state.TrainState:
-  tx = train_state.make_optimizer(config, max(step, 1), train_encoder=train_state.encoder_trains(config, step))
-  shapes = jax.eval_shape(functools.partial(train_state.create_train_state, model, tx, jax.random.PRNGKey(0),
-                                            config.data.image_size))
-  return checkpointing.restore(manager, step, checkpointing.abstract_state(shapes, mesh))
+  mesh = sharding.make_mesh()
+  return TrainedRun(config, train_state.create_model(config.model), train.restore_state(config, workdir, step, mesh),
+                    step, mesh)
 
 
 @dataclasses.dataclass(frozen=True)

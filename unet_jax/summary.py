@@ -18,7 +18,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from unet_jax import train_state
+from unet_jax import train, train_state
 
 
 
@@ -128,8 +128,8 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  # Flags only for the program: importing this module must not claim --config (the trainer's CLI has one too).
+  # Flags only for the program, as the trainer's: importing a module must claim no flag names.
   config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pets.py; override fields with "
                                   "--config.field=value.", lock_config=True)
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=train.parse_flags)  # An unknown --config.field is a one-line error, as in training.
