@@ -1,0 +1,67 @@
+"""Markdown rows for bench/quality.md from training workdirs: the last eval of each run, plus `evaluate` results.
+
+Reads `metrics.jsonl` (the trainer's eval events: validation for `:val` runs, test otherwise) and
+`evaluation/step_*_test.json` (written by `python -m unet_jax.evaluate`). Wall time is from the run's config.json
+(written at start) to its last metrics line; it includes compilation and eval. With LOAD_LOG set to a file of
+`HH:MM:SS load1 ...` lines (`echo "$(date +%H:%M:%S) $(cat /proc/loadavg)"` every minute), the table adds the mean
+1-minute load average of the 2-core machine during each run: the box is shared, so wall times vary ~3x with it.
+
+  LOAD_LOG=/tmp/quality/load.log python bench/quality_table.py /tmp/quality/tutorial_s0 /tmp/quality/best400_val_s0
+"""
+
+import datetime
+import json
+import os
+import pathlib
+import sys
+
+CLASSES = ("pet", "background", "border")
+
+
+def _mean_load(start: float, end: float) -> str:
+  """Mean 1-minute load average between two timestamps (same UTC day), from $LOAD_LOG; "" without it."""
+  if not os.environ.get("LOAD_LOG"):
+    return ""
+  day = datetime.datetime.fromtimestamp(start, datetime.timezone.utc).date()
+  loads = []
+  for line in pathlib.Path(os.environ["LOAD_LOG"]).read_text().splitlines():
+    clock, load = line.split()[:2]
+    moment = datetime.datetime.combine(day, datetime.time.fromisoformat(clock), datetime.timezone.utc).timestamp()
+    if start <= moment <= end:
+      loads.append(float(load))
+  return f"{sum(loads) / len(loads):.1f}" if loads else ""
+
+
+def _row(name: str, split: str, metrics: dict, steps: int, wall: str, load: str) -> str:
+  ious = " | ".join(f"{iou:.3f}" for iou in metrics["iou_per_class"])
+  return (f"| {name} | {split} | {steps} | {metrics['pixel_accuracy']:.3f} | {ious} | **{metrics['mean_iou']:.3f}** "
+          f"| {wall} | {load} |")
+
+
+def rows(workdir: pathlib.Path) -> list[str]:
+  events = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+  config = json.loads((workdir / "config.json").read_text())
+  start, end = (workdir / "config.json").stat().st_mtime, (workdir / "metrics.jsonl").stat().st_mtime
+  wall, load = f"{(end - start) / 60:.0f}", _mean_load(start, end)
+  eval_events = [event for event in events if event["split"] == "eval"]
+  train_list = config["data"]["folder"]["train_list"]
+  split = "val (60)" if "pets_sample_split" in train_list else "test (298)"
+  out = []
+  if eval_events:
+    last = eval_events[-1]
+    out.append(_row(workdir.name, split, last, last["step"], wall, load))
+  for path in sorted((workdir / "evaluation").glob("step_*_test.json")):
+    metrics = json.loads(path.read_text())
+    out.append(_row(workdir.name, "test (298), evaluate", metrics, metrics["step"], "", ""))
+  return out
+
+
+def main(workdirs: list[str]) -> None:
+  print("| run | eval split | steps | pixel acc | IoU " + " | IoU ".join(CLASSES) + " | mean IoU | wall min | load |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for workdir in workdirs:
+    print("\n".join(rows(pathlib.Path(workdir))))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
