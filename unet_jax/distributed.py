@@ -45,6 +45,11 @@ def initialize(coordinator_address: str = "", num_processes: int = -1, process_i
                coordinator_address)
   jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                              process_id=process_id)
+  if jax.default_backend() == "cpu":
+    # gloo connects the processes at their first collective and gives up after 30 s, so all must reach it together.
+    # A persistent compilation cache breaks that: on CPU its keys differ per process and only process 0 writes
+    # it, so process 0 would load the train step in a second while the others compile it for a minute.
+    jax.config.update("jax_enable_compilation_cache", False)
 
 
 def describe_run(mesh: jax.sharding.Mesh, global_batch_size: int) -> str:
