@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 # Seconds a stopped process gets to exit after SIGTERM before SIGKILL.
 _TERMINATE_GRACE_S = 10.0
@@ -38,9 +38,10 @@ def free_port() -> int:
     return sock.getsockname()[1]
 
 
-def process_env(process_id: int, num_processes: int, local_devices: int, port: int) -> dict[str, str]:
-  """The environment of one rehearsal process: what a cluster scheduler would set, on CPU."""
-  env = dict(os.environ)
+def process_env(process_id: int, num_processes: int, local_devices: int, port: int,
+                base: Mapping[str, str] | None = None) -> dict[str, str]:
+  """The environment of one rehearsal process: `base` (default: ours) plus what a cluster scheduler would set."""
+  env = dict(os.environ if base is None else base)
   env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(local_devices),
              JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(num_processes),
              JAX_PROCESS_ID=str(process_id))
@@ -48,16 +49,18 @@ def process_env(process_id: int, num_processes: int, local_devices: int, port: i
 
 
 def launch(command: Sequence[str], *, num_processes: int, local_devices: int = 1, port: int = 0,
-           timeout_s: float | None = None, echo: bool = True) -> list[ProcessResult]:
+           timeout_s: float | None = None, echo: bool = True,
+           env: Mapping[str, str] | None = None) -> list[ProcessResult]:
   """Runs `command` as `num_processes` cooperating JAX processes and waits for all of them.
 
+  `env` is the environment every process starts from (default: this process's), before the launcher's variables.
   Returns one result per process (ordered by process id). When one process fails, the rest are stopped.
   Raises TimeoutError, with the tail of every process's output, if they are not done after `timeout_s`.
   """
   if num_processes < 1 or local_devices < 1:
     raise ValueError(f"num_processes={num_processes} and local_devices={local_devices} must both be >= 1.")
   port = port or free_port()
-  procs = [subprocess.Popen(list(command), env=process_env(i, num_processes, local_devices, port),
+  procs = [subprocess.Popen(list(command), env=process_env(i, num_processes, local_devices, port, env),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
            for i in range(num_processes)]
   outputs: list[list[str]] = [[] for _ in procs]
