@@ -1,8 +1,8 @@
 """Markdown rows for bench/quality.md from training workdirs: the last eval of each run, plus `evaluate` results.
 
 Reads `metrics.jsonl` (the trainer's eval events: validation for `:val` runs, test otherwise) and
-`evaluation/step_*_test.json` (written by `python -m unet_jax.evaluate`). Wall time is from the run's config.json
-(written at start) to its last metrics line; it includes compilation and eval. With LOAD_LOG set to a file of
+`evaluation/step_*_test.json` (written by `python -m unet_jax.evaluate`). Wall time is from the run's start (the
+timestamp in its TensorBoard event file's name) to its last metrics line; it includes compilation and eval. With LOAD_LOG set to a file of
 `HH:MM:SS load1 ...` lines (`echo "$(date +%H:%M:%S) $(cat /proc/loadavg)"` every minute), the table adds the mean
 1-minute load average of the 2-core machine during each run: the box is shared, so wall times vary ~3x with it.
 
@@ -41,7 +41,8 @@ def _row(name: str, split: str, metrics: dict, steps: int, wall: str, load: str)
 def rows(workdir: pathlib.Path) -> list[str]:
   events = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
   config = json.loads((workdir / "config.json").read_text())
-  start, end = (workdir / "config.json").stat().st_mtime, (workdir / "metrics.jsonl").stat().st_mtime
+  start = min(int(path.name.split(".")[3]) for path in (workdir / "tensorboard").glob("events.out.tfevents.*"))
+  end = (workdir / "metrics.jsonl").stat().st_mtime
   wall, load = f"{(end - start) / 60:.0f}", _mean_load(start, end)
   eval_events = [event for event in events if event["split"] == "eval"]
   train_list = config["data"]["folder"]["train_list"]

@@ -14,10 +14,11 @@ Modes (the part after ':' in --config):
                               `tfds build oxford_iiit_pet`): the same recipe over 20 epochs of 3,680 // 16 steps,
                               the encoder unfrozen after the first quarter. Not run on this machine.
 
-Hardware and time: 2 shared CPU cores at 4-7 s a step under load (an unfrozen encoder step costs about twice a
-frozen one): over an hour for 1,200 steps; a GPU does it in minutes.
-Expected result: see bench/quality.md for what was measured (on a shortened 600-step schedule, the budget this
-machine allowed); the target of issue 7 is test mean IoU >= 0.78, against 0.70 for configs/pets_sample.py.
+Hardware and time: 2 shared CPU cores: 1.5-7 s a frozen step and 2-3x that once the encoder trains, depending on
+the machine's load: 1-3 hours for 1,200 steps; a GPU does it in minutes.
+Expected result: not measured at 1,200 steps. The same structure on a 400-step schedule (--config.num_train_steps=400
+--config.unfreeze_at_step=100) measured test mean IoU 0.723 against 0.703 for configs/pets_sample.py's recipe (both
+trained on the 240-image :val split, bench/quality.md); issue 7's target is >= 0.78.
 
 Run from the repository root:
   python -m unet_jax.train --config configs/pets_best.py --workdir runs/pets_best

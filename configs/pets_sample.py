@@ -11,9 +11,10 @@ Two modes (the part after ':' in --config):
                                a seeded per-breed 20% from bench/quality_split.py) every 100 steps: choose recipes
                                here, never on test.
 
-Hardware and time: 2 shared CPU cores, about 1.5-3 s a step depending on the load: 8-15 minutes for 300 steps.
-Expected result (bench/quality.md): test pixel accuracy ~0.88 and mean IoU ~0.70 (border IoU ~0.45); the TF
-tutorial's own model measured 0.881 / 0.705 with this input scaling on this kind of machine.
+Hardware and time: 2 CPU cores shared with other work (load average 10-12): 2.8-7 s a step, 14-34 minutes for
+300 steps including compilation and the test eval.
+Expected result (bench/quality.md): test pixel accuracy 0.87-0.88, mean IoU 0.67-0.70 depending on the seed (border
+IoU 0.40-0.44); the TF tutorial's own model measured 0.881 / 0.705 with this input scaling on this kind of machine.
 
 Run from the repository root (paths to ../shared are resolved from this file, not the working directory):
   python -m unet_jax.train --config configs/pets_sample.py --workdir runs/pets_sample --config.seed=0
