@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from unet_jax.models import cpu_ops
+
 # The features the TF segmentation tutorial feeds to its decoder, shallow to deep (strides 2, 4, 8, 16, 32).
 # `block_16_project` is the projection conv's own output, before `block_16_project_BN`.
 TAPS = (
@@ -64,10 +66,16 @@ def correct_pad(size: Sequence[int], kernel_size: int = 3) -> tuple[tuple[int, i
 class MobileNetV2(nn.Module):
   """The MobileNetV2 encoder; `__call__` maps NHWC images in [-1, 1] to the five `TAPS` features.
 
-  `alpha` is Keras' width multiplier; `dtype` is the compute dtype (parameters stay float32).
+  `alpha` is Keras' width multiplier; `dtype` is the compute dtype (parameters stay float32). `conv_impl` picks how
+  convolutions compute: "xla" (`lax.conv`), "cpu" (`cpu_ops`: matrix products and fused loops, the fast form on
+  XLA:CPU) or "auto" (the "cpu" form on the CPU backend); the parameters are the same for all.
   """
   alpha: float = 1.0
   dtype: Any = jnp.float32
+  conv_impl: str = "auto"
+  # Keras' value. Training from scratch for a few hundred steps needs a faster one (e.g. 0.9): with 0.999 the
+  # running statistics that inference uses are still mostly their initial values.
+  bn_momentum: float = 0.999
 
   def _conv(self, name: str, features: int, kernel_size: int, strides: int = 1, padding: Any = "SAME",
             depthwise: bool = False) -> nn.Conv:
@@ -79,10 +87,12 @@ class MobileNetV2(nn.Module):
     return nn.Conv(
       features, (kernel_size, kernel_size), strides=strides, padding=padding,
       feature_group_count=features if depthwise else 1, use_bias=False, dtype=self.dtype,
-      kernel_init=_KERAS_KERNEL_INIT, name=name)
+      kernel_init=_KERAS_KERNEL_INIT, name=name,
+      conv_general_dilated=cpu_ops.conv_general_dilated if cpu_ops.use_cpu_ops(self.conv_impl) else None)
 
   def _batch_norm(self, name: str, train: bool) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=0.999, epsilon=1e-3, dtype=self.dtype, name=name)
+    return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-3, dtype=self.dtype,
+                        name=name)
 
   def _inverted_res_block(self, x: jax.Array, block_id: int, train: bool, features: dict[str, jax.Array]) -> jax.Array:
     """Keras' `_inverted_res_block`, recording the tapped activations into `features`."""

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from unet_jax.models import cpu_ops
 from unet_jax.models.mobilenet_v2 import TAPS, MobileNetV2
 
 UPSAMPLE_MODES = ("transpose", "nearest")
@@ -21,22 +22,31 @@ _PIX2PIX_KERNEL_INIT = nn.initializers.normal(stddev=0.02)  # pix2pix.upsample's
 _KERAS_KERNEL_INIT = nn.initializers.glorot_uniform()  # Keras' default, for the last Conv2DTranspose.
 
 
-def upsample_conv(x: jax.Array, features: int, *, mode: str, use_bias: bool, kernel_init: Any, dtype: Any,
-                  name: str) -> jax.Array:
+def upsample_conv(x: jax.Array | Sequence[jax.Array], features: int, *, mode: str, use_bias: bool, kernel_init: Any,
+                  dtype: Any, name: str, conv_impl: str = "auto") -> jax.Array:
   """A 3x3 layer that doubles height and width: Keras' Conv2DTranspose(strides=2, padding='same'), or x2 nearest
   upsampling followed by a 3x3 conv.
 
   `transpose_kernel=True` stores the kernel as Keras does, (kh, kw, out, in), and applies it as the gradient of a
   forward conv (spatially flipped, in/out swapped), which is what TF's conv2d_transpose computes; with 'SAME' padding
-  lax pads the dilated input (2, 1), giving exactly Keras' output size 2n and alignment.
+  lax pads the dilated input (2, 1), giving exactly Keras' output size 2n and alignment. `conv_impl` as in
+  `MobileNetV2`: the "cpu" form computes the same layer (same parameters) as matrix products. `x` may be the parts
+  (upsampled features, skip) that the layer's input concatenates along channels: the "cpu" form then spares the
+  input gradient of a part that needs none (a frozen encoder's skip).
   """
+  cpu = cpu_ops.use_cpu_ops(conv_impl)
+  if mode == "transpose" and cpu:
+    return cpu_ops.ConvTranspose3x3Stride2(features, use_bias=use_bias, kernel_init=kernel_init, dtype=dtype,
+                                           name=name)(x)
+  if not isinstance(x, jax.Array):
+    x = jnp.concatenate(x, axis=-1)
   if mode == "transpose":
     return nn.ConvTranspose(
       features, (3, 3), strides=(2, 2), padding="SAME", transpose_kernel=True, use_bias=use_bias,
       kernel_init=kernel_init, dtype=dtype, name=name)(x)
   x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
   return nn.Conv(features, (3, 3), padding="SAME", use_bias=use_bias, kernel_init=kernel_init, dtype=dtype,
-                 name=name)(x)
+                 name=name, conv_general_dilated=cpu_ops.conv_general_dilated if cpu else None)(x)
 
 
 class UpsampleBlock(nn.Module):
@@ -45,12 +55,15 @@ class UpsampleBlock(nn.Module):
   upsample: str = "transpose"
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  conv_impl: str = "auto"
+  bn_momentum: float = 0.99  # Keras' BatchNormalization default.
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array | Sequence[jax.Array], train: bool = False) -> jax.Array:
     x = upsample_conv(x, self.filters, mode=self.upsample, use_bias=False, kernel_init=_PIX2PIX_KERNEL_INIT,
-                      dtype=self.dtype, name="conv")
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, dtype=self.dtype, name="bn")(x)
+                      dtype=self.dtype, name="conv", conv_impl=self.conv_impl)
+    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-3, dtype=self.dtype,
+                     name="bn")(x)
     if self.dropout_rate:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.relu(x)
@@ -61,7 +74,7 @@ class UNet(nn.Module):
 
   With `freeze_encoder` the encoder's BatchNorm always uses its running statistics, as Keras does for a layer with
   `trainable=False`, so its batch_stats never change (masking its parameters out of the update is the optimizer's job).
-  Dropout draws from the "dropout" rng collection.
+  Dropout draws from the "dropout" rng collection. `conv_impl` ("auto" | "xla" | "cpu") as in `MobileNetV2`.
   """
   num_classes: int = 3
   alpha: float = 1.0
@@ -70,6 +83,9 @@ class UNet(nn.Module):
   dropout_rate: float = 0.0
   freeze_encoder: bool = True
   dtype: Any = jnp.float32
+  conv_impl: str = "auto"
+  # One BatchNorm momentum for encoder and decoder; None keeps Keras' (0.999 encoder, 0.99 decoder).
+  bn_momentum: float | None = None
 
   def _check(self, images: jax.Array) -> None:
     if self.upsample not in UPSAMPLE_MODES:
@@ -91,11 +107,14 @@ class UNet(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
     self._check(images)
-    skips = MobileNetV2(self.alpha, self.dtype, name="encoder")(images, train=train and not self.freeze_encoder)
+    momentum = {} if self.bn_momentum is None else {"bn_momentum": self.bn_momentum}
+    encoder = MobileNetV2(self.alpha, self.dtype, self.conv_impl, **momentum, name="encoder")
+    skips = encoder(images, train=train and not self.freeze_encoder)
     x = skips[-1]
     for index, (filters, skip) in enumerate(zip(self.decoder_filters, reversed(skips[:-1]))):
-      x = UpsampleBlock(filters, self.upsample, self.dropout_rate, self.dtype, name=f"up_{index}")(x, train)
-      x = jnp.concatenate([x, skip], axis=-1)
+      x = UpsampleBlock(filters, self.upsample, self.dropout_rate, self.dtype, self.conv_impl,
+                        **momentum, name=f"up_{index}")(x, train)
+      x = (x, skip)  # Concatenated along channels by the next upsampling conv.
     x = upsample_conv(x, self.num_classes, mode=self.upsample, use_bias=True, kernel_init=_KERAS_KERNEL_INIT,
-                      dtype=self.dtype, name="last")
+                      dtype=self.dtype, name="last", conv_impl=self.conv_impl)
     return x.astype(jnp.float32)

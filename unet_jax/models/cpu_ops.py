@@ -1,0 +1,212 @@
+"""The model's convolutions written as the primitives XLA:CPU runs fast: matrix products and fused elementwise loops.
+
+XLA:CPU lowers `lax.conv_general_dilated` to a generic convolution that is several times slower than a matrix
+product for 1x1 convolutions, far slower for depthwise ones, and slowest of all for the gradients of strided and
+transposed convolutions (the kernel gradient of the decoder's transpose convs runs for tens of seconds per step).
+Here the same arithmetic is regrouped:
+- a 1x1 convolution is a `dot_general` over the channel axis;
+- a depthwise kxk convolution (stride 1 or 2) is k*k shifted multiply-adds, which XLA fuses into one loop;
+- any other kxk convolution is one `dot_general` over the k*k shifted copies of its input (im2col);
+- the 3x3 stride-2 transpose convolution is one `dot_general` producing all nine kernel taps per input pixel,
+  followed by shifted additions that interleave them into the four output phases (a sub-pixel convolution).
+Each computes the same sums as the convolution (only the order of additions differs), with the same kernel layout,
+so the parameters are interchangeable and the gradients match; `UNet(conv_impl=...)` picks the path, by default
+this one on the CPU backend and `lax.conv` elsewhere (on GPU/TPU the convolution libraries are the fast path).
+"""
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+CONV_IMPLS = ("auto", "xla", "cpu")
+
+_NHWC_HWIO = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
+
+
+def use_cpu_ops(conv_impl: str) -> bool:
+  """Whether `conv_impl` ("auto" | "xla" | "cpu") computes with this module; "auto" means on the CPU backend."""
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f"conv_impl={conv_impl!r} is not one of {CONV_IMPLS}: 'auto' picks 'cpu' on the CPU backend "
+                     f"and 'xla' (lax.conv) on GPU/TPU.")
+  if conv_impl == "auto":
+    return jax.default_backend() == "cpu"
+  return conv_impl == "cpu"
+
+
+def _is_one(values: int | Sequence[int] | None) -> bool:
+  return values is None or all(v == 1 for v in ((values,) if isinstance(values, int) else values))
+
+
+def _taps(x: jax.Array, kernel_size: tuple[int, int], strides: Sequence[int],
+          out_size: tuple[int, int]) -> list[jax.Array]:
+  """The kh*kw strided windows of the (padded) NHWC `x` that kernel tap (u, v) multiplies, in row-major tap order."""
+  (sh, sw), (ho, wo) = strides, out_size
+  return [lax.slice(x, (0, u, v, 0), (x.shape[0], u + sh * (ho - 1) + 1, v + sw * (wo - 1) + 1, x.shape[3]),
+                    (1, sh, sw, 1))
+          for u in range(kernel_size[0]) for v in range(kernel_size[1])]
+
+
+def _accumulation_dtype(dtype: Any) -> Any:
+  """Sums run in at least float32 (as XLA's convolutions do for bfloat16) and are rounded once at the end."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _channel_dot(x: jax.Array, kernel: jax.Array, precision: Any, preferred_element_type: Any) -> jax.Array:
+  """[..., Cin] x [Cin, Cout] -> [..., Cout], a matrix product over the flattened leading axes."""
+  return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=precision,
+                         preferred_element_type=preferred_element_type)
+
+
+def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any,
+                         lhs_dilation: Sequence[int] | None = None, rhs_dilation: Sequence[int] | None = None,
+                         dimension_numbers: Any = None, feature_group_count: int = 1, batch_group_count: int = 1,
+                         precision: Any = None, preferred_element_type: Any = None) -> jax.Array:
+  """`lax.conv_general_dilated` for `nn.Conv(conv_general_dilated=...)`: NHWC inputs, HWIO kernels.
+
+  Plain and depthwise 2-D convolutions without dilation take the fast forms above; anything else (never built by
+  this package's models) falls back to `lax.conv_general_dilated`.
+  """
+  kh, kw, in_per_group, features = rhs.shape if rhs.ndim == 4 else (0,) * 4
+  channels = lhs.shape[-1]
+  depthwise = feature_group_count == channels == features and in_per_group == 1
+  if (rhs.ndim != 4 or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != _NHWC_HWIO
+      or not (_is_one(lhs_dilation) and _is_one(rhs_dilation)) or batch_group_count != 1
+      or not (feature_group_count == 1 or depthwise)):
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                                    feature_group_count, batch_group_count, precision, preferred_element_type)
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), window_strides, padding)
+  padding = tuple(tuple(pair) for pair in padding)
+  x = jnp.pad(lhs, ((0, 0), *padding, (0, 0))) if any(any(pair) for pair in padding) else lhs
+  out_size = tuple((x.shape[1 + i] - (kh, kw)[i]) // window_strides[i] + 1 for i in range(2))
+  taps = _taps(x, (kh, kw), window_strides, out_size)
+  if depthwise:
+    accumulate = _accumulation_dtype(preferred_element_type or lhs.dtype)
+    weights = rhs.reshape(kh * kw, channels).astype(accumulate)
+    out = sum(tap.astype(accumulate) * weights[index] for index, tap in enumerate(taps))
+    return out.astype(preferred_element_type or lhs.dtype)
+  # The HWIO kernel reshaped to (kh*kw*Cin, Cout) matches the taps concatenated in row-major order along channels.
+  patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+  return _channel_dot(patches, rhs.reshape(kh * kw * channels, features), precision, preferred_element_type)
+
+
+def _shift(x: jax.Array, offsets: Sequence[int]) -> jax.Array:
+  """`x` moved by `offsets` along axes 1, 2, ... (zeros shifted in, the far end dropped): a slice and a pad, which
+  XLA fuses into whatever reads the result instead of materialising a padded copy."""
+  starts = [0] * x.ndim
+  limits = list(x.shape)
+  pads = [(0, 0, 0)] * x.ndim
+  for axis, offset in enumerate(offsets, start=1):
+    limits[axis] -= offset
+    pads[axis] = (offset, 0, 0)
+  return lax.pad(lax.slice(x, starts, limits), jnp.zeros((), x.dtype), pads)
+
+
+def _phases_to_image(taps: jax.Array) -> jax.Array:
+  """[N, H, W, 3, 3, C] per-pixel tap contributions -> [N, 2H, 2W, C]: pixel (i, j)'s tap (u, v) lands on output
+  pixel (2i + u, 2j + v) (those past the edge are dropped). Along each axis, output phase 0 of pixel i sums tap 0 of
+  i and tap 2 of i - 1; phase 1 is tap 1 of i. One fused loop reads the taps once and writes the image once."""
+  n, h, w, _, _, c = taps.shape
+
+  def tap(u: int, v: int, di: int = 0, dj: int = 0) -> jax.Array:  # Tap (u, v) of pixel (i - di, j - dj).
+    return _shift(taps[:, :, :, u, v], (di, dj))
+
+  even_row = [tap(0, 0) + tap(2, 0, di=1) + tap(0, 2, dj=1) + tap(2, 2, di=1, dj=1), tap(0, 1) + tap(2, 1, di=1)]
+  odd_row = [tap(1, 0) + tap(1, 2, dj=1), tap(1, 1)]
+  image = jnp.stack([jnp.stack(even_row, axis=3), jnp.stack(odd_row, axis=3)], axis=2)  # [N, H, 2, W, 2, C]
+  return image.reshape(n, 2 * h, 2 * w, c)
+
+
+def _image_to_phases(image: jax.Array) -> jax.Array:
+  """The transpose of `_phases_to_image`: [N, 2H, 2W, C] -> [N, H, W, 3, 3, C], tap (u, v) of pixel (i, j) reading
+  output pixel (2i + u, 2j + v), zero past the edge: the 3x3 stride-2 windows of the image padded at the far end."""
+  n, h2, w2, c = image.shape
+  windows = []
+  for u in range(3):
+    for v in range(3):
+      window = lax.slice(image, (0, u, v, 0), (n, h2, w2, c), (1, 2, 2, 1))
+      windows.append(lax.pad(window, jnp.zeros((), image.dtype),
+                             [(0, 0, 0), (0, h2 // 2 - window.shape[1], 0), (0, w2 // 2 - window.shape[2], 0),
+                              (0, 0, 0)]))
+  return jnp.stack(windows, axis=3).reshape(n, h2 // 2, w2 // 2, 3, 3, c)
+
+
+def _part_slices(part_channels: Sequence[int]) -> list[slice]:
+  ends = [sum(part_channels[:index + 1]) for index in range(len(part_channels))]
+  return [slice(end - channels, end) for end, channels in zip(ends, part_channels)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _conv_transpose(part_channels: tuple[int, ...], parts: tuple[jax.Array, ...], kernel: jax.Array) -> jax.Array:
+  return _conv_transpose_fwd(part_channels, parts, kernel)[0]
+
+
+def _conv_transpose_fwd(part_channels, parts, kernel):
+  accumulate = _accumulation_dtype(parts[0].dtype)
+  tap_product = lambda x, k: lax.dot_general(x, k, (((3,), (3,)), ((), ())), preferred_element_type=accumulate)
+  if len(parts) > 1 and 9 * kernel.shape[2] < sum(part_channels):
+    # Few outputs (the logits layer): adding per-part products moves less memory than concatenating the inputs.
+    taps = sum(tap_product(part, kernel[..., part_slice])
+               for part, part_slice in zip(parts, _part_slices(part_channels)))
+  else:
+    taps = tap_product(parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1), kernel)
+  return _phases_to_image(taps).astype(parts[0].dtype), (parts, kernel)
+
+
+def _conv_transpose_bwd(part_channels, residuals, grad):
+  """Both gradients are matrix products with the tap gradients (a stride-2 3x3 im2col of `grad`), one per input
+  part: a part nothing differentiates (a frozen encoder's skip) costs no input-gradient product."""
+  parts, kernel = residuals
+  accumulate = _accumulation_dtype(grad.dtype)
+  grad_taps = _image_to_phases(grad)
+  grad_parts, grad_kernel = [], []
+  for part, part_slice in zip(parts, _part_slices(part_channels)):
+    grad_parts.append(lax.dot_general(grad_taps, kernel[..., part_slice], (((3, 4, 5), (0, 1, 2)), ((), ())),
+                                      preferred_element_type=accumulate).astype(part.dtype))
+    # [C_part, 3, 3, out]: contracting the (smaller) input first lets XLA transpose it rather than the tap gradients.
+    grad_kernel.append(lax.dot_general(part, grad_taps, (((0, 1, 2), (0, 1, 2)), ((), ())),
+                                       preferred_element_type=accumulate))
+  grad_kernel = jnp.concatenate(grad_kernel, axis=0).transpose(1, 2, 3, 0)
+  return tuple(grad_parts), grad_kernel.astype(kernel.dtype)
+
+
+_conv_transpose.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
+
+
+def conv_transpose_3x3_stride2(x: jax.Array | Sequence[jax.Array], kernel: jax.Array) -> jax.Array:
+  """`lax.conv_transpose(x, kernel, (2, 2), "SAME", transpose_kernel=True)` for a (3, 3, out, in) kernel (Keras'
+  Conv2DTranspose(3, strides=2, padding="same"), output 2H x 2W), as one matrix product giving every kernel tap's
+  contribution per input pixel, then shifted sums that place them (a sub-pixel convolution).
+
+  `x` may be a sequence of arrays that the layer's input is the channel concatenation of (a decoder block's
+  upsampled features and its skip); the result is the same, but only the parts that need one get an input gradient.
+  """
+  parts = tuple(x) if isinstance(x, Sequence) else (x,)
+  return _conv_transpose(tuple(part.shape[-1] for part in parts), parts, kernel)
+
+
+class ConvTranspose3x3Stride2(nn.Module):
+  """`nn.ConvTranspose(features, (3, 3), strides=(2, 2), padding="SAME", transpose_kernel=True)` computed by
+  `conv_transpose_3x3_stride2`: the same parameters ("kernel" (3, 3, features, in), "bias"), the same initial
+  values for the same name, the same outputs."""
+  features: int
+  use_bias: bool = True
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros_init()
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array | Sequence[jax.Array]) -> jax.Array:
+    """`x`: the input, or the parts it is the channel concatenation of (see `conv_transpose_3x3_stride2`)."""
+    parts = tuple(x) if isinstance(x, Sequence) else (x,)
+    kernel = self.param("kernel", self.kernel_init, (3, 3, self.features, sum(p.shape[-1] for p in parts)),
+                        jnp.float32)
+    bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
+    *parts, kernel, bias = nn.dtypes.promote_dtype(*parts, kernel, bias, dtype=self.dtype)
+    y = conv_transpose_3x3_stride2(parts, kernel)
+    return y if bias is None else y + bias
