@@ -86,3 +86,13 @@ def test_pretrained_weights_of_another_alpha_are_a_clear_error(setup):
   with pytest.raises(ValueError, match="config.model.alpha"):
     jax.eval_shape(lambda: train_state.create_train_state(setup.model, setup.txs[False], jax.random.PRNGKey(0), 64,
                                                           encoder, "alpha_0.5.h5"))
+
+
+def test_bfloat16_train_step_keeps_float32_parameters_and_loss(setup):
+  config = train_testlib.tiny_config("", {"model.dtype": "bfloat16"})
+  model = train_state.create_model(config.model)
+  mesh = sharding.make_mesh()
+  step_fn = train.make_train_fn(config, model, setup.txs[False], mesh)
+  state, step_metrics = jax.eval_shape(step_fn, setup.initial, jax.tree.map(np.asarray, setup.batches[0]))
+  assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {np.dtype(np.float32)}
+  assert step_metrics["loss"].dtype == np.float32

@@ -225,29 +225,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       pending.append((step, step_metrics))
       progress.update()
       is_last = step == num_train_steps
+      preempted = preemption.reached(step)
+      log_now = step % log_every == 0 or is_last
+      eval_now = (step % eval_every == 0 or is_last) and not preempted  # A preempted run saves and leaves.
+      # A checkpoint at every eval too, so that the best one by mean IoU can be kept.
+      save_now = step % checkpoint_every == 0 or is_last or eval_now or preempted
+      if not (log_now or save_now):
+        continue  # Nothing leaves the device: the next steps are dispatched while this one runs.
 
-      if step % log_every == 0 or is_last:
-        fetched = jax.device_get(pending)
-        _check_finite(fetched, manager)
+      fetched = jax.device_get(pending)
+      _check_finite(fetched, manager)  # Before anything is saved.
+      if log_now:
         now = time.perf_counter()
         writer.write(step, "train", {
             name: float(np.mean([values[name] for _, values in fetched])) for name in ("loss", "pixel_accuracy")
         } | {"images_per_second": len(fetched) * config.batch_size / (now - last_log_time)})
         pending, last_log_time = [], now
-
       step_eval: dict[str, Any] | None = None
-      if step % eval_every == 0 or is_last:
-        _check_finite(jax.device_get(pending), manager)
+      if eval_now:
         step_eval, first_batch = evaluate(eval_fn, state, config, mesh)
         writer.write(step, "eval", step_eval)
         write_predictions(first_batch, config, str(epath.Path(workdir) / "predictions" / f"step_{step:06d}.png"))
         eval_metrics = step_eval
         last_log_time = time.perf_counter()  # Eval time is not training throughput.
-
-      preempted = preemption.reached(step)
-      # A checkpoint at every eval too, so that the best one by mean IoU can be kept.
-      if step % checkpoint_every == 0 or is_last or step_eval is not None or preempted:
-        _check_finite(jax.device_get(pending), manager)
+      if save_now:
         checkpointing.save(manager, step, state, metrics=step_eval)
       if preempted:
         logging.warning("Preempted (SIGTERM) at step %d: saved a checkpoint in %s; rerun with the same --workdir "
