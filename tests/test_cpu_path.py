@@ -8,6 +8,7 @@ change that element's gradient outright, which says nothing about the ops.
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,9 +51,28 @@ def assert_same_vjp(fast, reference, *args) -> None:
   assert_close(fast_vjp(cotangent), reference_vjp(cotangent), 1e-5)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def init(model, images):
-  return model.init(jax.random.key(0), images)
+def shared_variables(models, images, seed: int = 0):
+  """Random variables for all `models` after checking that they declare the same ones (names, shapes, dtypes).
+  Random values rather than `init`'s: BatchNorm statistics away from (0, 1), and no threefry compile (slow on CPU)."""
+  shapes = [jax.eval_shape(model.init, jax.random.key(0), images) for model in models]
+  assert all(tree == shapes[0] for tree in shapes)
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    if path[-1].key in ("scale", "var"):
+      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+    return rng.normal(0, 1 / np.sqrt(leaf.size / leaf.shape[-1]), leaf.shape).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes[0])
+
+
+def test_the_cpu_transpose_conv_initialises_as_flax_does():
+  """Same parameter names and values for the same rng: a model initialised on one path is the same on the other."""
+  x = jnp.zeros((1, 4, 4, 6))
+  kwargs = dict(use_bias=True, kernel_init=nn.initializers.normal(0.02), bias_init=nn.initializers.normal(1.0))
+  fast = cpu_ops.ConvTranspose3x3Stride2(5, **kwargs).init(jax.random.key(0), x)
+  reference = nn.ConvTranspose(5, (3, 3), (2, 2), transpose_kernel=True, **kwargs).init(jax.random.key(0), x)
+  jax.tree.map(np.testing.assert_array_equal, fast, reference)
 
 
 def test_conv_impl_resolves_by_backend_and_rejects_unknown_names():
@@ -105,13 +125,12 @@ def test_transpose_conv_matches_lax(height, width, part_channels, features):
   assert_same_vjp(cpu_ops.conv_transpose_3x3_stride2, reference, parts, kernel)
 
 
-def test_encoder_paths_share_variables_and_agree():
+def test_encoder_paths_declare_the_same_variables_and_agree():
   """Odd and even sizes along the way (38x22 -> 19x11 -> 10x6 -> 5x3 -> 3x2 -> 2x1), so both of Keras' stride-2
   paddings occur. Train mode (batch statistics) in float64: over a few pixels they amplify float32 rounding."""
   images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 38, 22, 3)), jnp.float32)
   encoder = lambda impl, dtype=jnp.float32: MobileNetV2(0.35, dtype, conv_impl=impl)
-  variables = init(encoder("cpu"), images)
-  jax.tree.map(np.testing.assert_array_equal, variables, init(encoder("xla"), images))
+  variables = shared_variables([encoder("cpu"), encoder("xla")], images)
   apply = jax.jit(lambda model, variables, x: model.apply(variables, x), static_argnums=0)
   assert_close(apply(encoder("cpu"), variables, images), apply(encoder("xla"), variables, images), 1e-5)
 
@@ -133,9 +152,8 @@ def unet(impl: str, upsample: str = "transpose", dtype=jnp.float32) -> UNet:
 
 
 @pytest.mark.parametrize("upsample", ["transpose", "nearest"])
-def test_unet_paths_share_variables_and_give_the_same_logits(upsample):
-  variables = init(unet("cpu", upsample), IMAGES)
-  jax.tree.map(np.testing.assert_array_equal, variables, init(unet("xla", upsample), IMAGES))
+def test_unet_paths_declare_the_same_variables_and_give_the_same_logits(upsample):
+  variables = shared_variables([unet("cpu", upsample), unet("xla", upsample)], IMAGES)
   apply = jax.jit(lambda model, variables, x: model.apply(variables, x), static_argnums=0)
   assert_close(apply(unet("cpu", upsample), variables, IMAGES), apply(unet("xla", upsample), variables, IMAGES), 1e-5)
 
@@ -154,7 +172,7 @@ def test_unet_paths_give_the_same_gradients():
     return jax.value_and_grad(loss, has_aux=True)(variables["params"])
 
   with jax.enable_x64(True):
-    variables, images = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), (init(unet("cpu"), IMAGES), IMAGES))
+    variables, images = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), (shared_variables([unet("cpu")], IMAGES), IMAGES))
     (cpu_aux, cpu_grads), (xla_aux, xla_grads) = [loss_and_grads(unet(impl, dtype=jnp.float64), variables, images)
                                                   for impl in ("cpu", "xla")]
   assert cpu_grads["up_0"]["conv"]["kernel"].dtype == jnp.float64

@@ -1,0 +1,293 @@
+"""Train-step and inference throughput of the JAX U-Net beside the TF tutorial's Keras model, on this machine.
+
+  python bench/train_step.py              # batch 8 and 64 at 128 px: frozen encoder, fully trainable, inference
+  python bench/train_step.py --quick      # batch 8, two timed steps, no input pipeline: a smoke run (~3 min, 2 CPUs)
+  python bench/train_step.py --profile    # also where one JAX step's time goes, per layer and per kind of op
+  python bench/train_step.py --frameworks=jax --dtype=bfloat16 --batch_sizes=64,256   # e.g. on a GPU
+
+Each figure (framework x mode x batch) runs in its own subprocess, so that its peak RSS, compile time and thread
+pools are its own; JAX and Keras alternate, so that both see the same machine load, and a ratio line (JAX / Keras)
+follows each pair. The JAX side is the product: the trainer's `train_step` (frozen encoder masked by the trainer's
+optimizer, donated state) and the model as `train_state.create_model` builds it. The Keras side is the tutorial's
+model (tf.keras MobileNetV2 down stack + pix2pix up stack, random weights) trained by the fastest loop Keras offers
+that does the same work: a `tf.function` step with a GradientTape and Adam (no XLA: `jit_compile` is slower on CPU).
+Both run on fixed random batches already in memory; the input pipeline is measured on its own
+(`bench/input_pipeline.py`) and reported beside the step, since it runs concurrently with training.
+
+One JSON line per figure: images_per_s (batch / median step time), first_step_s (trace + compile + first run),
+peak_rss_mb, load_1m (the machine's load average at the end: other processes slow both sides alike).
+"""
+
+import collections
+import functools
+import json
+import os
+import pathlib
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from absl import app, flags
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+FRAMEWORKS = ("jax", "keras")
+MODES = ("frozen", "trainable", "inference")
+
+_QUICK = flags.DEFINE_bool("quick", False, "Short run: batch 8 only, 2 timed steps, no input pipeline figure.")
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["8", "64"], "Batch sizes to measure.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 128, "Image height and width.")
+_STEPS = flags.DEFINE_integer("steps", 8, "Timed steps per figure, after two warm-up steps.")
+_FRAMEWORKS = flags.DEFINE_list("frameworks", list(FRAMEWORKS), f"Any of {FRAMEWORKS}.")
+_MODES = flags.DEFINE_list("modes", list(MODES), f"Any of {MODES}: train steps with the encoder frozen or "
+                           "trainable, and forward-only inference.")
+_CONV_IMPL = flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "cpu"], "The JAX model's conv_impl.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "The JAX model's compute dtype.")
+_KERAS = flags.DEFINE_enum("keras", "tf.keras", ["tf.keras", "tf_keras"],
+                           "The reference's Keras: tf.keras (Keras 3, what the tutorial runs on today's TF) or "
+                           "tf_keras (Keras 2).")
+_INPUT_PIPELINE = flags.DEFINE_bool("input_pipeline", True, "Also run bench/input_pipeline.py at the largest batch.")
+_PROFILE = flags.DEFINE_bool("profile", False, "Trace one JAX step per figure and summarise where its time goes.")
+_WORKER = flags.DEFINE_string("worker", "", "Internal: run one figure, 'framework:mode:batch', in this process.")
+
+
+def emit(**fields: Any) -> None:
+  print(json.dumps(fields), flush=True)
+
+
+def peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB.
+
+
+def time_steps(run_step, steps: int) -> tuple[float, float]:
+  """(first call's seconds, median seconds of `steps` calls after one more warm-up); each call blocks."""
+  start = time.perf_counter()
+  run_step()
+  first = time.perf_counter() - start
+  run_step()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    run_step()
+    times.append(time.perf_counter() - start)
+  return first, statistics.median(times)
+
+
+# --- JAX: the trainer's step on the product's model. ---
+
+def jax_figure(mode: str, batch_size: int) -> dict[str, Any]:
+  import jax
+  import numpy as np
+
+  from unet_jax import default_config, train, train_state
+
+  config = default_config.get_config()
+  config.model.update(pretrained="", freeze_encoder=mode != "trainable", dtype=_DTYPE.value,
+                      conv_impl=_CONV_IMPL.value)
+  model = train_state.create_model(config.model)
+  tx = train_state.make_optimizer(config, num_train_steps=1000, train_encoder=mode == "trainable")
+  state = jax.jit(functools.partial(train_state.create_train_state, model, tx, image_size=_IMAGE_SIZE.value))(
+      jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+  size = _IMAGE_SIZE.value
+  batch = jax.device_put({
+      "image": rng.uniform(-1, 1, (batch_size, size, size, 3)).astype(np.float32),
+      "mask": rng.integers(0, config.model.num_classes, (batch_size, size, size)).astype(np.int32)})
+
+  if mode == "inference":
+    step = jax.jit(lambda state, images: model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats}, images, train=False))
+    args = [state, batch["image"]]
+    run_step = lambda: step(*args).block_until_ready()
+  else:
+    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, class_weights=(), dice_weight=0.0),
+                   donate_argnums=0)
+    args = [state, batch]
+
+    def run_step():
+      args[0], metrics = step(*args)
+      jax.block_until_ready(metrics)
+
+  first, median = time_steps(run_step, _STEPS.value)
+  if _PROFILE.value:
+    for row in profile_step(step, args, run_step):
+      emit(figure="profile", framework="jax", mode=mode, batch=batch_size, **row)
+  return {"first_step_s": first, "median_step_s": median, "device": jax.devices()[0].device_kind}
+
+
+def profile_step(step, args: list[Any], run_step) -> list[dict[str, Any]]:
+  """Where one step's time goes: the durations of the XLA ops in a `jax.profiler` trace, attributed to the Flax
+  layer (and forward or backward pass) that the op's HLO metadata names; per stage, per kind of op, top layers."""
+  import jax
+
+  hlo = step.lower(*args).compile().as_text()
+  op_names = dict(re.findall(r'^\s*%?([\w.\-]+) = [^\n]*?metadata=\{op_name="([^"]+)"', hlo, re.MULTILINE))
+  with tempfile.TemporaryDirectory() as trace_dir:
+    with jax.profiler.trace(trace_dir):
+      run_step()
+    trace, = pathlib.Path(trace_dir).rglob("*.xplane.pb")
+    profile = jax.profiler.ProfileData.from_file(str(trace))
+  by_layer, by_stage, by_kind = collections.Counter(), collections.Counter(), collections.Counter()
+  for plane in profile.planes:
+    for line in plane.lines:
+      for event in line.events:
+        if event.name not in op_names:
+          continue  # Executor and thread-pool bookkeeping, not an op of the program.
+        layer, stage, kind = attribute(op_names[event.name])
+        ms = event.duration_ns / 1e6
+        by_layer[layer] += ms
+        by_stage[stage] += ms
+        by_kind[kind] += ms
+  total = sum(by_stage.values())
+  rows = [{"stage": name, "ms": round(ms, 1), "share": round(ms / total, 3)} for name, ms in by_stage.most_common()]
+  rows += [{"op_kind": name, "ms": round(ms, 1), "share": round(ms / total, 3)} for name, ms in by_kind.most_common()]
+  rows += [{"layer": name, "ms": round(ms, 1), "share": round(ms / total, 3)} for name, ms in by_layer.most_common(15)]
+  return rows
+
+
+def attribute(op_name: str) -> tuple[str, str, str]:
+  """("up_1/conv backward", "up_1 backward", "matmul") for "jit(train_step)/transpose(jvp(UNet))/up_1/conv/dot_general".
+
+  Flax puts the module path in the op name; method scopes ("encoder._inverted_res_block") are dropped.
+  """
+  parts = op_name.split("/")[1:]
+  primitive = parts[-1] if parts else op_name
+  kind = ("matmul" if primitive.startswith("dot_general") else
+          "reduction" if primitive.startswith(("reduce", "argmax")) else
+          "data movement" if primitive in ("concatenate", "pad", "slice", "copy", "transpose", "broadcast_in_dim",
+                                           "reshape", "dynamic_slice", "gather", "scatter-add", "select_n") else
+          "elementwise")
+  if not parts or "UNet" not in parts[0]:
+    stage = ("loss " if parts and "jvp(" in parts[0] else "optimizer/metrics ")
+    return stage + primitive, stage.strip(), kind
+  direction = "backward" if parts[0].startswith("transpose(") else "forward"
+  modules = [part for part in parts[1:-1] if "." not in part and "(" not in part]
+  return f"{'/'.join(modules)} {direction}", f"{modules[0] if modules else 'UNet'} {direction}", kind
+
+
+# --- Keras: the TF tutorial's model and its fastest equivalent loop. ---
+
+def keras_tutorial_unet(keras, image_size: int, num_classes: int = 3):
+  """The tutorial's `unet_model`: MobileNetV2 down stack (its five taps), pix2pix upsample blocks, last transpose
+  conv. Returns (model, down_stack)."""
+  layers = keras.layers
+  base = keras.applications.MobileNetV2(input_shape=[image_size, image_size, 3], include_top=False, weights=None)
+  tap_names = ["block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu",
+               "block_16_project"]
+  down_stack = keras.Model(inputs=base.input, outputs=[base.get_layer(name).output for name in tap_names])
+
+  def upsample(filters: int) -> Any:  # pix2pix.upsample(filters, 3), no dropout.
+    return keras.Sequential([
+        layers.Conv2DTranspose(filters, 3, strides=2, padding="same", use_bias=False,
+                               kernel_initializer=keras.initializers.RandomNormal(0.0, 0.02)),
+        layers.BatchNormalization(),
+        layers.ReLU()])
+
+  inputs = layers.Input(shape=[image_size, image_size, 3])
+  skips = down_stack(inputs)
+  x = skips[-1]
+  for filters, skip in zip((512, 256, 128, 64), reversed(skips[:-1])):
+    x = layers.Concatenate()([upsample(filters)(x), skip])
+  outputs = layers.Conv2DTranspose(num_classes, 3, strides=2, padding="same")(x)
+  return keras.Model(inputs=inputs, outputs=outputs), down_stack
+
+
+def keras_figure(mode: str, batch_size: int) -> dict[str, Any]:
+  import tensorflow as tf
+  if _KERAS.value == "tf_keras":
+    import tf_keras as keras
+  else:
+    keras = tf.keras
+
+  model, down_stack = keras_tutorial_unet(keras, _IMAGE_SIZE.value)
+  down_stack.trainable = mode == "trainable"  # The tutorial freezes it; Keras then runs its BatchNorm in inference.
+  size = _IMAGE_SIZE.value
+  images = tf.random.uniform((batch_size, size, size, 3), -1, 1, seed=0)
+  masks = tf.random.uniform((batch_size, size, size), 0, 3, dtype=tf.int32, seed=1)
+  if mode == "inference":
+    predict = tf.function(lambda x: model(x, training=False))
+    run_step = lambda: predict(images).numpy()
+  else:
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    optimizer = keras.optimizers.Adam()
+
+    @tf.function
+    def train_step(x, y):
+      with tf.GradientTape() as tape:
+        loss = loss_fn(y, model(x, training=True))
+      grads = tape.gradient(loss, model.trainable_variables)
+      optimizer.apply_gradients(zip(grads, model.trainable_variables))
+      return loss
+
+    run_step = lambda: train_step(images, masks).numpy()
+  first, median = time_steps(run_step, _STEPS.value)
+  return {"first_step_s": first, "median_step_s": median, "device": "cpu", "keras": keras.__version__}
+
+
+def run_worker(spec: str) -> None:
+  framework, mode, batch = spec.split(":")
+  batch_size = int(batch)
+  figure = (jax_figure if framework == "jax" else keras_figure)(mode, batch_size)
+  emit(figure="step" if mode == "inference" else "train_step", framework=framework, mode=mode, batch=batch_size,
+       image_size=_IMAGE_SIZE.value, images_per_s=round(batch_size / figure.pop("median_step_s"), 2),
+       first_step_s=round(figure.pop("first_step_s"), 2), peak_rss_mb=round(peak_rss_mb()), **figure,
+       load_1m=round(os.getloadavg()[0], 2))
+
+
+# --- The driver: one subprocess per figure. ---
+
+def subprocess_lines(command: list[str]) -> list[dict[str, Any]]:
+  """Runs `command`, echoing and returning its JSON lines; a failure is reported as a line, not raised."""
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+  rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+  for row in rows:
+    print(json.dumps(row), flush=True)
+  if result.returncode:
+    emit(figure="error", command=" ".join(command[1:]), returncode=result.returncode,
+         stderr_tail=result.stderr[-2000:])
+  return rows
+
+
+def forwarded_flags() -> list[str]:
+  return [f"--image_size={_IMAGE_SIZE.value}", f"--steps={_STEPS.value}", f"--conv_impl={_CONV_IMPL.value}",
+          f"--dtype={_DTYPE.value}", f"--keras={_KERAS.value}", f"--profile={_PROFILE.value}"]
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments {argv[1:]}; options go as --flag=value.")
+  if _WORKER.value:
+    run_worker(_WORKER.value)
+    return
+  for name, values, allowed in (("frameworks", _FRAMEWORKS.value, FRAMEWORKS), ("modes", _MODES.value, MODES)):
+    if not set(values) <= set(allowed):
+      raise app.UsageError(f"--{name}={','.join(values)}: each must be one of {allowed}.")
+  if _QUICK.value:
+    flags.FLAGS.batch_sizes, flags.FLAGS.steps, flags.FLAGS.input_pipeline = ["8"], 2, False
+  emit(figure="machine", cpus=os.cpu_count(), load_1m=round(os.getloadavg()[0], 2), python=sys.version.split()[0])
+  for mode in _MODES.value:
+    for batch in _BATCH_SIZES.value:
+      figures = {}
+      for framework in _FRAMEWORKS.value:
+        rows = subprocess_lines([sys.executable, __file__, f"--worker={framework}:{mode}:{batch}",
+                                 *forwarded_flags()])
+        figures[framework] = next((row for row in rows if row["figure"] != "profile"), None)
+      if figures.get("jax") and figures.get("keras"):
+        jax_row, keras_row = figures["jax"], figures["keras"]
+        emit(figure="ratio_jax_over_keras", mode=mode, batch=int(batch),
+             images_per_s=round(jax_row["images_per_s"] / keras_row["images_per_s"], 2),
+             first_step_s=round(jax_row["first_step_s"] / keras_row["first_step_s"], 2),
+             peak_rss=round(jax_row["peak_rss_mb"] / keras_row["peak_rss_mb"], 2))
+  if _INPUT_PIPELINE.value:  # The train stream's images/s, to set beside the step's.
+    subprocess_lines([sys.executable, str(REPO_ROOT / "bench" / "input_pipeline.py"),
+                      f"--batch_size={max(map(int, _BATCH_SIZES.value))}", f"--image_size={_IMAGE_SIZE.value}",
+                      "--cached_epochs=1"])
+
+
+if __name__ == "__main__":
+  app.run(main)
