@@ -5,8 +5,9 @@ pet-like images that tfds builds locally on first use, so a fresh machine withou
 There are no ImageNet weights offline, so the encoder starts from a random init and trains with the decoder
 (`freeze_encoder=False`); alpha 0.35 and small images keep it fast on a CPU.
 
-Hardware and time: TO BE MEASURED.
-Expected result: TO BE MEASURED.
+Hardware and time: 2 CPU cores; a 496-step variant took about 15 min on a heavily loaded shared machine.
+Expected result: not yet at the goal (eval mean IoU >= 0.85 in <= 10 min). Measured with bn_momentum 0.9 at 496 steps:
+mean IoU 0.684 (pet 0.91, background 0.98, border 0.17); the thin border class is what remains to learn.
 
 Run:
   python -m unet_jax.train --config configs/synthetic.py
@@ -21,18 +22,21 @@ def get_config() -> ml_collections.ConfigDict:
   config = default_config.get_config()
   config.seed = 0
   config.batch_size = 32
-  config.num_epochs = 8
+  config.num_train_steps = 600  # 9.6 epochs of the 2,000 training images.
   config.learning_rate = 2e-3
   config.lr_schedule = "cosine"
   config.warmup_steps = 50
-  config.log_every_steps = 20
-  config.eval_every_steps = -1  # Every epoch.
-  config.checkpoint_every_steps = -1
+  config.log_every_steps = 50
+  config.eval_every_steps = 200
+  config.checkpoint_every_steps = 200
 
   config.model.alpha = 0.35
   config.model.decoder_filters = (128, 64, 32, 16)
   config.model.pretrained = ""  # No weights offline.
   config.model.freeze_encoder = False  # A random encoder must learn too.
+  # Keras' 0.999 (encoder) / 0.99 (decoder) leave the running statistics mostly at their init after a few hundred
+  # steps, and eval uses them: from scratch and short, they must follow the batches faster.
+  config.model.bn_momentum = 0.9
 
   config.data.name = "synthetic_pets"
   config.data.image_size = 96
