@@ -57,16 +57,12 @@ def _start_trainer(workdir: pathlib.Path, data_dir: pathlib.Path, log: pathlib.P
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, synthetic_data_dir):  # noqa: F811
-  workdir = tmp_path_factory.mktemp("reference") / "run"
-  result = train_testlib.run_trainer(workdir, synthetic_data_dir)
-  return workdir, result.stderr
+  return train_testlib.run_once_per_session(tmp_path_factory, "reference", synthetic_data_dir)
 
 
 @pytest.fixture(scope="module")
 def eight_devices(tmp_path_factory, synthetic_data_dir):  # noqa: F811
-  workdir = tmp_path_factory.mktemp("eight_devices") / "run"
-  result = train_testlib.run_trainer(workdir, synthetic_data_dir, devices=8)
-  return workdir, result.stderr
+  return train_testlib.run_once_per_session(tmp_path_factory, "eight_devices", synthetic_data_dir, devices=8)
 
 
 def test_cli_writes_metrics_checkpoints_predictions_and_tensorboard(reference):

@@ -1,7 +1,6 @@
 """The frozen-encoder split and the unfreeze phase, on the real U-Net (alpha 0.35, 64 px) and the offline data."""
 
 import functools
-import types
 
 import jax
 import numpy as np
@@ -29,70 +28,70 @@ def _decoder(tree) -> dict:
   return {name: subtree for name, subtree in tree.items() if name != train_state.ENCODER}
 
 
-@pytest.fixture(scope="module")
-def setup(synthetic_data_dir):  # noqa: F811
-  """Everything compiled once for the module: the initial state and one train step per phase."""
+def _tiny_model_and_optimizers(config):
+  model = train_state.create_model(config.model)
+  txs = {trains: train_state.make_optimizer(config, NUM_TRAIN_STEPS, train_encoder=trains) for trains in (False, True)}
+  return model, txs
+
+
+def test_frozen_encoder_then_unfreeze_phase(synthetic_data_dir):  # noqa: F811
+  """One test for both phases, so that the compiles happen once (pytest-xdist would split a shared fixture)."""
   config = train_testlib.tiny_config(synthetic_data_dir)
   mesh = sharding.make_mesh()
   stream = data.train_batches(config.data, global_batch_size=config.batch_size, seed=0)
   batches = [sharding.shard_batch(next(stream), mesh) for _ in range(NUM_STEPS)]
-  model = train_state.create_model(config.model)
-  txs = {trains: train_state.make_optimizer(config, NUM_TRAIN_STEPS, train_encoder=trains) for trains in (False, True)}
+  model, txs = _tiny_model_and_optimizers(config)
   # The trainer's own jitted functions (the persistent compilation cache then serves both test modules).
   steps = {trains: train.make_train_fn(config, model, tx, mesh) for trains, tx in txs.items()}
-  initial = jax.jit(train.make_init_fn(config, model, txs[False]), out_shardings=sharding.replicated(mesh))()
-  return types.SimpleNamespace(config=config, batches=batches, model=model, txs=txs, steps=steps,
-                               initial=jax.device_get(initial))
+  initial = jax.device_get(jax.jit(train.make_init_fn(config, model, txs[False]),
+                                   out_shardings=sharding.replicated(mesh))())
 
-
-def test_frozen_encoder_is_bit_identical_decoder_trains_and_encoder_has_no_optimizer_state(setup):
-  state = setup.initial
-  for batch in setup.batches:
-    state, _ = setup.steps[False](state, batch)
-  state = jax.device_get(state)
-
+  # Frozen: the encoder's params and BatchNorm statistics are bit-identical, every decoder variable moved, and the
+  # optimizer holds Adam's two moments for the decoder only (scalar step counts aside).
+  frozen = initial
+  for batch in batches:
+    frozen, _ = steps[False](frozen, batch)
+  frozen = jax.device_get(frozen)
   for collection in ("params", "batch_stats"):
-    before, after = getattr(setup.initial, collection), getattr(state, collection)
+    before, after = getattr(initial, collection), getattr(frozen, collection)
     jax.tree.map(np.testing.assert_array_equal, after[train_state.ENCODER], before[train_state.ENCODER])
     assert all(_changed(_decoder(before), _decoder(after))), f"some decoder {collection} did not change"
+  assert _size(frozen.params[train_state.ENCODER]) > 0
+  assert jax.tree.leaves(frozen.opt_state.inner_states["encoder"]) == []
+  assert _size(frozen.opt_state) == 2 * _size(_decoder(frozen.params))
 
-  assert _size(state.params[train_state.ENCODER]) > 0
-  assert jax.tree.leaves(state.opt_state.inner_states["encoder"]) == []
-  # Adam's two moments for the decoder only: nothing sized like the encoder.
-  assert _size(state.opt_state) == 2 * _size(_decoder(state.params))
-
-
-def test_unfreeze_phase_trains_the_encoder_and_keeps_the_decoder_optimizer_state(setup):
-  state, _ = setup.steps[False](setup.initial, setup.batches[0])
+  # Unfrozen after one step: fresh encoder moments, the decoder's optimizer state carried over unchanged.
+  state, _ = steps[False](initial, batches[0])
   decoder_state = jax.device_get(state.opt_state.inner_states["decoder"])
-
-  state = jax.jit(functools.partial(train_state.unfreeze_encoder, tx=setup.txs[True]))(state)
+  state = jax.jit(functools.partial(train_state.unfreeze_encoder, tx=txs[True]))(state)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.opt_state.inner_states["decoder"]), decoder_state)
   assert _size(state.opt_state.inner_states["encoder"]) == 2 * _size(state.params[train_state.ENCODER])
-
-  for batch in setup.batches[1:]:
-    state, _ = setup.steps[True](state, batch)
+  for batch in batches[1:]:
+    state, _ = steps[True](state, batch)
   state = jax.device_get(state)
-  assert any(_changed(setup.initial.params[train_state.ENCODER], state.params[train_state.ENCODER]))
+  assert any(_changed(initial.params[train_state.ENCODER], state.params[train_state.ENCODER]))
   # Fine-tuning keeps the encoder's BatchNorm in inference mode (Keras' advice): its statistics stay put.
   jax.tree.map(np.testing.assert_array_equal, state.batch_stats[train_state.ENCODER],
-               setup.initial.batch_stats[train_state.ENCODER])
+               initial.batch_stats[train_state.ENCODER])
 
 
-def test_pretrained_weights_of_another_alpha_are_a_clear_error(setup):
+def test_pretrained_weights_of_another_alpha_are_a_clear_error():
+  config = train_testlib.tiny_config("")
+  model, txs = _tiny_model_and_optimizers(config)
   other = jax.eval_shape(lambda: UNet(alpha=0.5).init(jax.random.PRNGKey(0), np.zeros((1, 64, 64, 3), np.float32)))
   encoder = {collection: jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), other[collection][train_state.ENCODER])
              for collection in ("params", "batch_stats")}
   with pytest.raises(ValueError, match="config.model.alpha"):
-    jax.eval_shape(lambda: train_state.create_train_state(setup.model, setup.txs[False], jax.random.PRNGKey(0), 64,
-                                                          encoder, "alpha_0.5.h5"))
+    jax.eval_shape(lambda: train_state.create_train_state(model, txs[False], jax.random.PRNGKey(0), 64, encoder,
+                                                          "alpha_0.5.h5"))
 
 
-def test_bfloat16_train_step_keeps_float32_parameters_and_loss(setup):
+def test_bfloat16_train_step_keeps_float32_parameters_and_loss():
   config = train_testlib.tiny_config("", {"model.dtype": "bfloat16"})
-  model = train_state.create_model(config.model)
+  model, txs = _tiny_model_and_optimizers(config)
   mesh = sharding.make_mesh()
-  step_fn = train.make_train_fn(config, model, setup.txs[False], mesh)
-  state, step_metrics = jax.eval_shape(step_fn, setup.initial, jax.tree.map(np.asarray, setup.batches[0]))
+  state = jax.eval_shape(train.make_init_fn(config, model, txs[False]))
+  batch = {"image": jax.ShapeDtypeStruct((8, 64, 64, 3), np.float32), "mask": jax.ShapeDtypeStruct((8, 64, 64), np.int32)}
+  state, step_metrics = jax.eval_shape(train.make_train_fn(config, model, txs[False], mesh), state, batch)
   assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {np.dtype(np.float32)}
   assert step_metrics["loss"].dtype == np.float32

@@ -4,6 +4,7 @@ Subprocesses because the device count is fixed when JAX starts, and because kill
 They share a persistent XLA compilation cache, so each distinct program compiles once per machine, not per run.
 """
 
+import fcntl
 import os
 import pathlib
 import runpy
@@ -89,3 +90,18 @@ def synthetic_data_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path
   data_dir = tmp_path_factory.mktemp("tfds")
   data.num_examples(tiny_config(data_dir).data, "train")  # Preparing it is part of opening it.
   return data_dir
+
+
+def run_once_per_session(tmp_path_factory: pytest.TempPathFactory, name: str, data_dir: os.PathLike,
+                         devices: int = 1) -> tuple[pathlib.Path, str]:
+  """A trainer run (its workdir and log) made once per test session, even when pytest-xdist spreads the tests that
+  read it over several workers: the first worker runs it under a file lock, the others wait and reuse it."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # The session's directory, shared by its workers.
+  workdir, log = root / name, root / f"{name}.log"
+  with open(root / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes.
+    if not log.exists():
+      log.write_text(run_trainer(workdir, data_dir, devices=devices).stderr)
+  return workdir, log.read_text()
