@@ -125,7 +125,7 @@ def profile_step(step, args: list[Any], run_step) -> list[dict[str, Any]]:
   import jax
 
   hlo = step.lower(*args).compile().as_text()
-  op_names = dict(re.findall(r'^\s*%?([\w.\-]+) = [^\n]*?metadata=\{op_name="([^"]+)"', hlo, re.MULTILINE))
+  op_names = dict(re.findall(r'^\s*(?:ROOT )?%?([\w.\-]+) = [^\n]*?metadata=\{op_name="([^"]+)"', hlo, re.MULTILINE))
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir):
       run_step()

@@ -82,12 +82,12 @@ def test_conv_impl_resolves_by_backend_and_rejects_unknown_names():
     UNet(alpha=0.35, conv_impl="gpu").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
 
 
-def test_auto_on_cpu_builds_the_model_without_convolutions():
+def test_auto_on_cpu_builds_the_model_from_products_but_its_rgb_layer():
   images = jnp.zeros((1, 32, 32, 3))
   model = UNet(alpha=0.35)
   variables = jax.eval_shape(model.init, jax.random.key(0), images)
-  primitives = {eqn.primitive.name for eqn in jax.make_jaxpr(model.apply)(variables, images).jaxpr.eqns}
-  assert "dot_general" in primitives and "conv_general_dilated" not in primitives
+  primitives = [eqn.primitive.name for eqn in jax.make_jaxpr(model.apply)(variables, images).jaxpr.eqns]
+  assert "dot_general" in primitives and primitives.count("conv_general_dilated") == 1  # Conv1, on 3 channels.
 
 
 @pytest.mark.parametrize("height, width, channels, features, kernel, stride, depthwise, padding", [
@@ -95,7 +95,8 @@ def test_auto_on_cpu_builds_the_model_without_convolutions():
   (9, 8, 6, 6, 3, 1, True, "SAME"),  # Depthwise, stride 1.
   (8, 6, 6, 6, 3, 2, True, correct_pad((8, 6))),  # Depthwise, stride 2, Keras' padding on even sizes: (0, 1).
   (9, 7, 6, 6, 3, 2, True, correct_pad((9, 7))),  # ... and on odd sizes: (1, 1).
-  (10, 7, 3, 8, 3, 2, False, "SAME"),  # The first conv: 3x3 stride 2, odd and even.
+  (10, 7, 3, 8, 3, 2, False, "SAME"),  # The first conv, on RGB (XLA's own convolution): 3x3 stride 2.
+  (10, 7, 8, 5, 3, 2, False, "SAME"),  # The same as im2col and a product, odd and even sizes.
   (6, 6, 4, 5, 3, 1, False, "SAME"),  # The 3x3 conv after nearest upsampling.
 ])
 def test_conv_matches_lax(height, width, channels, features, kernel, stride, depthwise, padding):

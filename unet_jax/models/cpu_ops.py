@@ -6,7 +6,8 @@ transposed convolutions (the kernel gradient of the decoder's transpose convs ru
 Here the same arithmetic is regrouped:
 - a 1x1 convolution is a `dot_general` over the channel axis;
 - a depthwise kxk convolution (stride 1 or 2) is k*k shifted multiply-adds, which XLA fuses into one loop;
-- any other kxk convolution is one `dot_general` over the k*k shifted copies of its input (im2col);
+- any other kxk convolution is one `dot_general` over the k*k shifted copies of its input (im2col), except on
+  fewer than 8 input channels (the RGB input layer), where XLA's own convolution is the faster one;
 - the 3x3 stride-2 transpose convolution is one `dot_general` producing all nine kernel taps per input pixel,
   followed by shifted additions that interleave them into the four output phases (a sub-pixel convolution).
 Each computes the same sums as the convolution (only the order of additions differs), with the same kernel layout,
@@ -25,6 +26,8 @@ from jax import lax
 
 CONV_IMPLS = ("auto", "xla", "cpu")
 
+# Below this many input channels a plain kxk convolution stays `lax.conv` (see `conv_general_dilated`).
+_MIN_IM2COL_CHANNELS = 8
 _NHWC_HWIO = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 
 
@@ -42,12 +45,19 @@ def _is_one(values: int | Sequence[int] | None) -> bool:
   return values is None or all(v == 1 for v in ((values,) if isinstance(values, int) else values))
 
 
-def _taps(x: jax.Array, kernel_size: tuple[int, int], strides: Sequence[int],
-          out_size: tuple[int, int]) -> list[jax.Array]:
-  """The kh*kw strided windows of the (padded) NHWC `x` that kernel tap (u, v) multiplies, in row-major tap order."""
-  (sh, sw), (ho, wo) = strides, out_size
-  return [lax.slice(x, (0, u, v, 0), (x.shape[0], u + sh * (ho - 1) + 1, v + sw * (wo - 1) + 1, x.shape[3]),
-                    (1, sh, sw, 1))
+def _taps(x: jax.Array, kernel_size: Sequence[int], strides: Sequence[int],
+          padding: Sequence[tuple[int, int]]) -> list[jax.Array]:
+  """The kh*kw strided windows of NHWC `x` zero-padded by `padding` that kernel tap (u, v) multiplies, row-major.
+
+  One padded copy, sliced: padding each window on its own lets XLA skip the copy, but its bounds checks in the fused
+  multiply-add loop cost more than the copy saves (measured on the encoder's depthwise convs).
+  """
+  if any(lo or hi for lo, hi in padding):
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  out_size = [(size - k) // stride + 1 for size, k, stride in zip(x.shape[1:3], kernel_size, strides)]
+  return [lax.slice(x, (0, u, v, 0),
+                    (x.shape[0], u + strides[0] * (out_size[0] - 1) + 1, v + strides[1] * (out_size[1] - 1) + 1,
+                     x.shape[3]), (1, *strides, 1))
           for u in range(kernel_size[0]) for v in range(kernel_size[1])]
 
 
@@ -68,31 +78,79 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                          precision: Any = None, preferred_element_type: Any = None) -> jax.Array:
   """`lax.conv_general_dilated` for `nn.Conv(conv_general_dilated=...)`: NHWC inputs, HWIO kernels.
 
-  Plain and depthwise 2-D convolutions without dilation take the fast forms above; anything else (never built by
-  this package's models) falls back to `lax.conv_general_dilated`.
+  Plain and depthwise 2-D convolutions without dilation take the fast forms above. The rest falls back to
+  `lax.conv_general_dilated`: other layouts and dilations (never built by this package's models), and a kxk
+  convolution of a few channels (the first layer, on RGB), whose im2col copies would be narrow rows that XLA:CPU
+  moves slowly: there XLA's convolution is twice as fast as im2col and a product.
   """
   kh, kw, in_per_group, features = rhs.shape if rhs.ndim == 4 else (0,) * 4
   channels = lhs.shape[-1]
   depthwise = feature_group_count == channels == features and in_per_group == 1
   if (rhs.ndim != 4 or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != _NHWC_HWIO
       or not (_is_one(lhs_dilation) and _is_one(rhs_dilation)) or batch_group_count != 1
-      or not (feature_group_count == 1 or depthwise)):
+      or not (feature_group_count == 1 or depthwise)
+      or (not depthwise and kh * kw > 1 and channels < _MIN_IM2COL_CHANNELS)):
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                                     feature_group_count, batch_group_count, precision, preferred_element_type)
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), window_strides, padding)
   padding = tuple(tuple(pair) for pair in padding)
-  x = jnp.pad(lhs, ((0, 0), *padding, (0, 0))) if any(any(pair) for pair in padding) else lhs
-  out_size = tuple((x.shape[1 + i] - (kh, kw)[i]) // window_strides[i] + 1 for i in range(2))
-  taps = _taps(x, (kh, kw), window_strides, out_size)
   if depthwise:
-    accumulate = _accumulation_dtype(preferred_element_type or lhs.dtype)
-    weights = rhs.reshape(kh * kw, channels).astype(accumulate)
-    out = sum(tap.astype(accumulate) * weights[index] for index, tap in enumerate(taps))
-    return out.astype(preferred_element_type or lhs.dtype)
+    out = _depthwise_conv(lhs, rhs, tuple(window_strides), padding)
+    return out if preferred_element_type is None else out.astype(preferred_element_type)
+  taps = _taps(lhs, (kh, kw), window_strides, padding)
   # The HWIO kernel reshaped to (kh*kw*Cin, Cout) matches the taps concatenated in row-major order along channels.
   patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
   return _channel_dot(patches, rhs.reshape(kh * kw * channels, features), precision, preferred_element_type)
+
+
+def _depthwise_multiply_add(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+                            padding: tuple[tuple[int, int], ...]) -> jax.Array:
+  kh, kw, _, channels = kernel.shape
+  accumulate = _accumulation_dtype(x.dtype)
+  weights = kernel.reshape(kh * kw, channels).astype(accumulate)
+  taps = _taps(x, (kh, kw), strides, padding)
+  return sum(tap.astype(accumulate) * weights[index] for index, tap in enumerate(taps)).astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+                    padding: tuple[tuple[int, int], ...]) -> jax.Array:
+  """A depthwise convolution (HWIO kernel (kh, kw, 1, C)) as kh*kw shifted multiply-adds, one fused loop.
+
+  Its VJP is written out because autodiff of the multiply-adds keeps all kh*kw shifted copies of the input for the
+  kernel gradient (nine times the input's memory per layer); this keeps the input once.
+  """
+  return _depthwise_multiply_add(x, kernel, strides, padding)
+
+
+def _depthwise_conv_fwd(x, kernel, strides, padding):
+  return _depthwise_multiply_add(x, kernel, strides, padding), (x, kernel)
+
+
+def _depthwise_conv_bwd(strides, padding, residuals, grad):
+  x, kernel = residuals
+  # The input gradient: the transpose of the (linear in x) multiply-adds, shifted multiply-adds of `grad` again.
+  _, input_vjp = jax.vjp(lambda x: _depthwise_multiply_add(x, kernel, strides, padding), x)
+  grad_x, = input_vjp(grad)
+  # The kernel gradient: tap (u, v) pairs output pixel (i, j) with input pixel (s*i + u - pad, s*j + v - pad), so
+  # it is the sum of `x` times `grad` spread (stride - 1 zeros between pixels) and moved to tap (u, v)'s offset.
+  # Moving `grad` rather than windowing `x` keeps XLA from computing windows of `x` early (they would depend on
+  # nothing but the forward pass) and holding them until the backward pass reaches this layer.
+  accumulate = _accumulation_dtype(x.dtype)
+  x, grad = x.astype(accumulate), grad.astype(accumulate)
+  taps = []
+  for u in range(kernel.shape[0]):
+    for v in range(kernel.shape[1]):
+      pads = [(0, 0, 0)]
+      for size, out, stride, (low, _), offset in zip(x.shape[1:3], grad.shape[1:3], strides, padding, (u, v)):
+        start = offset - low
+        pads.append((start, size - start - (stride * (out - 1) + 1), stride - 1))
+      taps.append(jnp.sum(x * lax.pad(grad, jnp.zeros((), accumulate), pads + [(0, 0, 0)]), axis=(0, 1, 2)))
+  return grad_x, jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
+
+
+_depthwise_conv.defvjp(_depthwise_conv_fwd, _depthwise_conv_bwd)
 
 
 def _shift(x: jax.Array, offsets: Sequence[int]) -> jax.Array:
@@ -126,13 +184,7 @@ def _image_to_phases(image: jax.Array) -> jax.Array:
   """The transpose of `_phases_to_image`: [N, 2H, 2W, C] -> [N, H, W, 3, 3, C], tap (u, v) of pixel (i, j) reading
   output pixel (2i + u, 2j + v), zero past the edge: the 3x3 stride-2 windows of the image padded at the far end."""
   n, h2, w2, c = image.shape
-  windows = []
-  for u in range(3):
-    for v in range(3):
-      window = lax.slice(image, (0, u, v, 0), (n, h2, w2, c), (1, 2, 2, 1))
-      windows.append(lax.pad(window, jnp.zeros((), image.dtype),
-                             [(0, 0, 0), (0, h2 // 2 - window.shape[1], 0), (0, w2 // 2 - window.shape[2], 0),
-                              (0, 0, 0)]))
+  windows = _taps(image, (3, 3), (2, 2), ((0, 1), (0, 1)))
   return jnp.stack(windows, axis=3).reshape(n, h2 // 2, w2 // 2, 3, 3, c)
 
 
@@ -168,10 +220,14 @@ def _conv_transpose_bwd(part_channels, residuals, grad):
   for part, part_slice in zip(parts, _part_slices(part_channels)):
     grad_parts.append(lax.dot_general(grad_taps, kernel[..., part_slice], (((3, 4, 5), (0, 1, 2)), ((), ())),
                                       preferred_element_type=accumulate).astype(part.dtype))
-    # [C_part, 3, 3, out]: contracting the (smaller) input first lets XLA transpose it rather than the tap gradients.
-    grad_kernel.append(lax.dot_general(part, grad_taps, (((0, 1, 2), (0, 1, 2)), ((), ())),
-                                       preferred_element_type=accumulate))
-  grad_kernel = jnp.concatenate(grad_kernel, axis=0).transpose(1, 2, 3, 0)
+    # XLA:CPU transposes the first operand of a product over pixels: make it the narrower of the two.
+    if part.shape[-1] <= 9 * grad.shape[-1]:
+      grad_kernel.append(lax.dot_general(part, grad_taps, (((0, 1, 2), (0, 1, 2)), ((), ())),
+                                         preferred_element_type=accumulate).transpose(1, 2, 3, 0))
+    else:
+      grad_kernel.append(lax.dot_general(grad_taps, part, (((0, 1, 2), (0, 1, 2)), ((), ())),
+                                         preferred_element_type=accumulate))
+  grad_kernel = jnp.concatenate(grad_kernel, axis=3)
   return tuple(grad_parts), grad_kernel.astype(kernel.dtype)
 
 
