@@ -86,8 +86,9 @@ def test_auto_on_cpu_builds_the_model_from_products_but_its_rgb_layer():
   images = jnp.zeros((1, 32, 32, 3))
   model = UNet(alpha=0.35)
   variables = jax.eval_shape(model.init, jax.random.key(0), images)
-  primitives = [eqn.primitive.name for eqn in jax.make_jaxpr(model.apply)(variables, images).jaxpr.eqns]
-  assert "dot_general" in primitives and primitives.count("conv_general_dilated") == 1  # Conv1, on 3 channels.
+  # The printed jaxpr includes the bodies of the custom-VJP calls the products live in.
+  program = str(jax.make_jaxpr(model.apply)(variables, images))
+  assert "dot_general[" in program and program.count("conv_general_dilated[") == 1  # Conv1, on 3 channels.
 
 
 @pytest.mark.parametrize("height, width, channels, features, kernel, stride, depthwise, padding", [

@@ -68,8 +68,34 @@ def _accumulation_dtype(dtype: Any) -> Any:
 
 def _channel_dot(x: jax.Array, kernel: jax.Array, precision: Any, preferred_element_type: Any) -> jax.Array:
   """[..., Cin] x [Cin, Cout] -> [..., Cout], a matrix product over the flattened leading axes."""
+  if precision is None and preferred_element_type is None:
+    return _pixel_product(x, kernel)
   return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=precision,
                          preferred_element_type=preferred_element_type)
+
+
+@jax.custom_vjp
+def _pixel_product(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """`_channel_dot` with its VJP written out: for autodiff's kernel-gradient product XLA:CPU makes a transposed copy
+  of the output gradient (the wider operand of an expansion); contracting the input first made the whole trainable
+  step ~9% faster (A/B on the train step, batch 64)."""
+  return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _pixel_product_fwd(x, kernel):
+  return _pixel_product(x, kernel), (x, kernel)
+
+
+def _pixel_product_bwd(residuals, grad):
+  x, kernel = residuals
+  pixels = tuple(range(x.ndim - 1))
+  grad_x = lax.dot_general(grad, kernel, (((grad.ndim - 1,), (1,)), ((), ())))
+  grad_kernel = lax.dot_general(x, grad, ((pixels, pixels), ((), ())),
+                                preferred_element_type=_accumulation_dtype(x.dtype))
+  return grad_x, grad_kernel.astype(kernel.dtype)
+
+
+_pixel_product.defvjp(_pixel_product_fwd, _pixel_product_bwd)
 
 
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any,
@@ -130,14 +156,23 @@ def _depthwise_conv_fwd(x, kernel, strides, padding):
 
 def _depthwise_conv_bwd(strides, padding, residuals, grad):
   x, kernel = residuals
-  # The input gradient: the transpose of the (linear in x) multiply-adds, shifted multiply-adds of `grad` again.
-  _, input_vjp = jax.vjp(lambda x: _depthwise_multiply_add(x, kernel, strides, padding), x)
-  grad_x, = input_vjp(grad)
+  accumulate = _accumulation_dtype(x.dtype)
+  (top, _), (left, _) = padding
+  height, width = x.shape[1:3]
+  if strides == (2, 2) and kernel.shape[:2] == (3, 3) and top + height <= 2 * grad.shape[1] \
+      and left + width <= 2 * grad.shape[2]:
+    # Stride 2: tap (u, v) of output pixel (i, j) read padded input pixel (2i + u, 2j + v), exactly where a 3x3
+    # stride-2 transpose conv puts it: one fused loop over the four phases (autodiff's transpose of the strided
+    # windows is nine zero-interleaved pads, whose index arithmetic costs several times more).
+    taps = grad.astype(accumulate)[:, :, :, None, None, :] * kernel[:, :, 0, :].astype(accumulate)
+    grad_x = _phases_to_image(taps)[:, top:top + height, left:left + width].astype(x.dtype)
+  else:  # The transpose of the (linear in x) multiply-adds: shifted multiply-adds of `grad` again.
+    _, input_vjp = jax.vjp(lambda x: _depthwise_multiply_add(x, kernel, strides, padding), x)
+    grad_x, = input_vjp(grad)
   # The kernel gradient: tap (u, v) pairs output pixel (i, j) with input pixel (s*i + u - pad, s*j + v - pad), so
   # it is the sum of `x` times `grad` spread (stride - 1 zeros between pixels) and moved to tap (u, v)'s offset.
   # Moving `grad` rather than windowing `x` keeps XLA from computing windows of `x` early (they would depend on
   # nothing but the forward pass) and holding them until the backward pass reaches this layer.
-  accumulate = _accumulation_dtype(x.dtype)
   x, grad = x.astype(accumulate), grad.astype(accumulate)
   taps = []
   for u in range(kernel.shape[0]):
