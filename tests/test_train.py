@@ -86,6 +86,13 @@ def test_cli_writes_metrics_checkpoints_predictions_and_tensorboard(reference):
   assert set(_saved_steps(workdir)) == {4, 6, best}
   assert checkpointing.load_config(workdir).data.name == "synthetic_pets/tiny"
 
+  # The second phase: from step 4 the encoder has Adam moments and moves.
+  assert "Step 4: the encoder trains from now on" in log
+  at_4, at_6 = _checkpoint(workdir, 4), _checkpoint(workdir, 6)
+  assert jax.tree.leaves(at_4["opt_state"]["inner_states"]["encoder"])
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(at_4["params"]["encoder"]),
+                                                      jax.tree.leaves(at_6["params"]["encoder"])))
+
   for step in (3, 6):
     with Image.open(workdir / "predictions" / f"step_{step:06d}.png") as figure:
       assert figure.format == "PNG" and figure.width > 100 and figure.height > 100

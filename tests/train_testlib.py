@@ -36,6 +36,9 @@ TINY = {
     "model.decoder_filters": (32, 16, 16, 8),
     "model.pretrained": "",
     "model.freeze_encoder": True,
+    # The encoder trains from step 4 on: every run crosses the phase switch (resumed, on 8 devices, restored).
+    "unfreeze_at_step": 4,
+    "encoder_learning_rate": 1e-3,
     "data.name": "synthetic_pets/tiny",
     "data.image_size": 64,
     "data.eval_split": "test[:20]",  # 3 eval batches of 8, the last one padded with 4 examples.
