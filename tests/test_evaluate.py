@@ -50,6 +50,13 @@ def _pixels(config, split: str) -> int:
   return data.num_examples(config.data, split) * config.data.image_size ** 2
 
 
+def test_flip_averaged_evaluation_counts_the_same_pixels_differently(trained):  # noqa: F811
+  plain = evaluate.evaluate_checkpoint(str(trained.workdir))
+  flipped = evaluate.evaluate_checkpoint(str(trained.workdir), overrides={"eval_flip_average": True})
+  assert np.asarray(flipped["confusion_matrix"]).sum() == np.asarray(plain["confusion_matrix"]).sum()
+  assert flipped["confusion_matrix"] != plain["confusion_matrix"]
+
+
 def test_only_data_and_batch_size_may_change(trained):  # noqa: F811
   with pytest.raises(ValueError, match=r"--config.model.alpha cannot change .* Only --config.data.\*"):
     evaluate.config_with_overrides(trained.config, {"data.eval_split": "train", "model.alpha": 1.0})

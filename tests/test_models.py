@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from unet_jax.models import MobileNetV2, UNet
+from unet_jax.models.unet import inference_logits
 
 SIZE = 64  # Small but a multiple of 32; alpha 0.35 keeps compiles short.
 
@@ -65,6 +66,18 @@ def test_unet_variables_group_the_encoder_and_logits_cover_the_image(small_unet_
   assert params["last"]["kernel"].shape == (3, 3, 3, 64 + 48)  # Conv2DTranspose layout (kh, kw, out, in).
   logits = evaluate(UNet(alpha=0.35), small_unet_variables, images())
   assert logits.shape == (2, SIZE, SIZE, 3) and logits.dtype == jnp.float32
+
+
+def test_flip_averaged_logits_are_mirror_equivariant(small_unet_variables):
+  model, x = UNet(alpha=0.35), images()
+  logits = jax.jit(inference_logits, static_argnums=(0, 3))
+  plain = logits(model, small_unet_variables, x, False)
+  mirrored = logits(model, small_unet_variables, x[:, :, ::-1], False)
+  averaged = logits(model, small_unet_variables, x, True)
+  np.testing.assert_allclose(averaged, (plain + mirrored[:, :, ::-1]) / 2, atol=1e-5)
+  # Mirroring the input mirrors the averaged logits, which the plain ones (random weights) do not do.
+  np.testing.assert_allclose(logits(model, small_unet_variables, x[:, :, ::-1], True), averaged[:, :, ::-1], atol=1e-5)
+  assert not np.allclose(mirrored, plain[:, :, ::-1], atol=1e-3)
 
 
 def test_nearest_upsampling_shapes():

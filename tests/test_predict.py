@@ -1,5 +1,6 @@
 """Prediction: images of every mode and size in, palette masks and overlays out, the CLI and its error paths."""
 
+import dataclasses
 import functools
 import pathlib
 import subprocess
@@ -135,10 +136,12 @@ def test_predictor_equals_the_trainers_predict_step(trained, predictor):  # noqa
   state = train_state.TrainState(step=0, params=predictor.variables["params"],
                                  batch_stats=predictor.variables["batch_stats"], opt_state=None, rng=None)
   normalized = data.normalize_image(images.astype(np.float32), trained.config.data.normalization)
-  want = np.asarray(jax.jit(functools.partial(train.predict_step, model=predictor.model))(state, normalized))
-  got = np.stack(list(predictor.predict(images)))
-  np.testing.assert_array_equal(got, want)
-  assert len(np.unique(want)) > 1, "a constant mask would make this comparison meaningless"
+  for flip_average in (False, True):
+    want = np.asarray(jax.jit(functools.partial(train.predict_step, model=predictor.model,
+                                                flip_average=flip_average))(state, normalized))
+    got = np.stack(list(dataclasses.replace(predictor, flip_average=flip_average).predict(images)))
+    np.testing.assert_array_equal(got, want)
+    assert len(np.unique(want)) > 1, "a constant mask would make this comparison meaningless"
 
 
 def test_predictor_maps_any_image_back_to_its_size(predictor):

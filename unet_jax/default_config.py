@@ -36,6 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = -1
   config.max_to_keep = 3
   config.num_prediction_examples = 3  # Rows of the predictions/step_XXXXXX.png figure.
+  # Eval and predict average the logits of each image and of its mirror image (test-time flips; 2x the eval cost).
+  config.eval_flip_average = False
 
   config.model = ml_collections.ConfigDict()
   config.model.num_classes = 3

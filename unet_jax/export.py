@@ -27,7 +27,8 @@ def to_tf_module(predictor: predict.Predictor, platforms: Sequence[str] = ("cpu"
   if predictor.keep_size:
     raise ValueError("The SavedModel resizes to the model's training size; export a Predictor with keep_size=False.")
   size = predictor.image_size
-  logits_fn = jax2tf.convert(functools.partial(predict.model_logits, predictor.model, predictor.normalization),
+  logits_fn = jax2tf.convert(functools.partial(predict.model_logits, predictor.model, predictor.normalization,
+                                               predictor.flip_average),
                              polymorphic_shapes=[None, f"(b, {size}, {size}, 3)"], with_gradient=False,
                              native_serialization_platforms=tuple(platforms))
   module = tf.Module()

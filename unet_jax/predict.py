@@ -25,18 +25,19 @@ from etils import epath
 from tqdm import tqdm
 
 from unet_jax import checkpointing, data, image_io, sharding, train, train_state
-from unet_jax.models.unet import INPUT_MULTIPLE
+from unet_jax.models.unet import INPUT_MULTIPLE, inference_logits
 
 CHECKPOINT_CHOICES = "'latest', 'best' or a step number"
 
 
-def model_logits(model: nn.Module, normalization: str, variables: dict[str, Any], images: jax.Array) -> jax.Array:
+def model_logits(model: nn.Module, normalization: str, flip_average: bool, variables: dict[str, Any],
+                 images: jax.Array) -> jax.Array:
   """float32 logits [N, h, w, C] of float32 images [N, h, w, 3] in 0..255 (h, w multiples of 32)."""
-  return model.apply(variables, data.normalize_image(images, normalization), train=False)
+  return inference_logits(model, variables, data.normalize_image(images, normalization), flip_average)
 
 
 # Module-level, so that every Predictor of the same model (modules compare by their fields) shares the compiled program.
-_jitted_model_logits = jax.jit(model_logits, static_argnums=(0, 1))
+_jitted_model_logits = jax.jit(model_logits, static_argnums=(0, 1, 2))
 
 
 def masks_from_logits(logits: Any, size: Any) -> tf.Tensor:
@@ -107,6 +108,7 @@ class Predictor:
   num_classes: int
   batch_size: int = 8
   keep_size: bool = False
+  flip_average: bool = False  # Test-time flips, as the run's eval did (config.eval_flip_average).
 
   def __post_init__(self):
     if self.batch_size < 1:
@@ -121,6 +123,7 @@ class Predictor:
   def from_run(cls, run: TrainedRun, **options) -> "Predictor":
     # One device: a single image gains nothing from the data-parallel mesh the run was restored on.
     variables = jax.device_put({"params": run.state.params, "batch_stats": run.state.batch_stats}, jax.devices()[0])
+    options = {"flip_average": run.config.get("eval_flip_average", False), **options}
     return cls(run.model, variables, run.config.data.image_size, run.config.data.normalization,
                run.config.model.num_classes, **options)
 
@@ -135,7 +138,7 @@ class Predictor:
   def _masks(self, inputs: list[np.ndarray], sizes: list[tuple[int, int]], batch_size: int) -> list[np.ndarray]:
     batch = np.zeros((batch_size, *inputs[0].shape), np.float32)
     batch[:len(inputs)] = inputs
-    logits = np.asarray(_jitted_model_logits(self.model, self.normalization, self.variables, batch))
+    logits = np.asarray(_jitted_model_logits(self.model, self.normalization, self.flip_average, self.variables, batch))
     if self.keep_size:
       return [logits[index, :height, :width].argmax(-1).astype(np.int32)
               for index, (height, width) in enumerate(sizes)]

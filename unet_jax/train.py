@@ -28,6 +28,7 @@ FLAGS = flags.FLAGS
 
 from unet_jax import (checkpointing, data, distributed, losses, metric_writers, metrics, sharding, train_state,
                       visualize)
+from unet_jax.models.unet import inference_logits
 from unet_jax.train_state import TrainState
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx: optax.GradientTransformation,
@@ -47,15 +48,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx: opt
   return state, {"loss": loss, "pixel_accuracy": (logits.argmax(-1) == batch["mask"]).mean()}
 
 
-def _logits(state: TrainState, images: jax.Array, model) -> jax.Array:
-  return model.apply({"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
+def _logits(state: TrainState, images: jax.Array, model, flip_average: bool) -> jax.Array:
+  return inference_logits(model, {"params": state.params, "batch_stats": state.batch_stats}, images, flip_average)
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model, num_classes: int,
-              class_weights: tuple[float, ...], dice_weight: float) -> dict[str, jax.Array]:
+              class_weights: tuple[float, ...], dice_weight: float, flip_average: bool) -> dict[str, jax.Array]:
   """Sums over the batch (padding weighted out), so that eval can add them up over the whole split; and the
   predicted masks, left sharded like the batch (only the figure's few rows are ever fetched)."""
-  logits = _logits(state, batch["image"], model)
+  logits = _logits(state, batch["image"], model, flip_average)
   loss = losses.segmentation_loss(logits, batch["mask"], class_weights=class_weights, dice_weight=dice_weight)
   predictions = logits.argmax(-1)
   return {"loss_sum": (loss * batch["weight"]).sum(), "weight_sum": batch["weight"].sum(),
@@ -63,8 +64,8 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model, num_clas
           "predictions": predictions}
 
 
-def predict_step(state: TrainState, images: jax.Array, *, model) -> jax.Array:
-  return _logits(state, images, model).argmax(-1)
+def predict_step(state: TrainState, images: jax.Array, *, model, flip_average: bool = False) -> jax.Array:
+  return _logits(state, images, model, flip_average).argmax(-1)
 
 
 def make_train_fn(config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation,
@@ -80,7 +81,8 @@ def make_eval_fn(config: ml_collections.ConfigDict, model, mesh: jax.sharding.Me
   """The jitted eval step: sums replicated (XLA reduces them over devices), predictions split like the batch."""
   replicated, batch_sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   return jax.jit(functools.partial(eval_step, model=model, num_classes=config.model.num_classes,
-                                   class_weights=tuple(config.class_weights), dice_weight=config.dice_weight),
+                                   class_weights=tuple(config.class_weights), dice_weight=config.dice_weight,
+                                   flip_average=config.get("eval_flip_average", False)),
                  in_shardings=(replicated, batch_sharded),
                  out_shardings={"loss_sum": replicated, "weight_sum": replicated, "confusion": replicated,
                                 "predictions": batch_sharded})

@@ -118,3 +118,13 @@ class UNet(nn.Module):
     x = upsample_conv(x, self.num_classes, mode=self.upsample, use_bias=True, kernel_init=_KERAS_KERNEL_INIT,
                       dtype=self.dtype, name="last", conv_impl=self.conv_impl)
     return x.astype(jnp.float32)
+
+
+def inference_logits(model: nn.Module, variables: dict[str, Any], images: jax.Array,
+                     flip_average: bool = False) -> jax.Array:
+  """Eval-mode logits. `flip_average`: test-time augmentation matching the training flips, the mean of the logits
+  of the images and of their mirror images (mirrored back), as one batch of twice the size."""
+  if not flip_average:
+    return model.apply(variables, images, train=False)
+  logits, mirrored = jnp.split(model.apply(variables, jnp.concatenate([images, images[:, :, ::-1]]), train=False), 2)
+  return (logits + mirrored[:, :, ::-1]) / 2
