@@ -235,3 +235,24 @@ def test_membrane_config_reads_grayscale_em_slices(shared_dir):
   assert images.shape == (6, 64, 64, 3)
   np.testing.assert_array_equal(images[..., 0], images[..., 2])  # Grey replicated to 3 channels.
   assert set(np.unique(masks)) == {0, 1} and 0.1 < masks.mean() < 0.35  # Membrane (class 1) is about 22%.
+
+
+@pytest.mark.parametrize("name", ["pets_sample", "pets_best"])
+def test_quality_configs_train_and_evaluate_on_the_protocol_splits(shared_dir, name):
+  """Issue 7's protocol: the official trainval (300) / test (298) lists, or a 240 / 60 split of trainval that
+  holds out every breed and never touches test."""
+  module = load_config(name)
+  test, val = module.get_config("test"), module.get_config("val")
+  assert (data.num_examples(test.data, "train"), data.num_examples(test.data, "test")) == (300, 298)
+  assert (data.num_examples(val.data, "train"), data.num_examples(val.data, "test")) == (240, 60)
+  def names(path: pathlib.Path) -> set[str]:  # A list's first column (the official lists add class ids).
+    return {line.split()[0] for line in path.read_text().splitlines() if line.strip()}
+
+  trainval = names(pathlib.Path(test.data.folder.root) / test.data.folder.train_list)
+  val_train, val_held_out = (names(pathlib.Path(path)) for path in (val.data.folder.train_list,
+                                                                     val.data.folder.test_list))
+  assert val_train | val_held_out <= trainval and not val_train & val_held_out
+  assert {name.rsplit("_", 1)[0] for name in val_held_out} == {name.rsplit("_", 1)[0] for name in trainval}
+  assert val.eval_every_steps < val.num_train_steps == test.num_train_steps  # Validation curves; test read once.
+  with pytest.raises(ValueError, match="unknown mode 'tset'"):
+    module.get_config("tset")
