@@ -11,10 +11,11 @@ Two modes (the part after ':' in --config):
                                a seeded per-breed 20% from bench/quality_split.py) every 100 steps: choose recipes
                                here, never on test.
 
-Hardware and time: 2 CPU cores shared with other work (load average 10-12): 2.8-7 s a step, 14-34 minutes for
-300 steps including compilation and the test eval.
-Expected result (bench/quality.md): test pixel accuracy 0.87-0.88, mean IoU 0.67-0.70 depending on the seed (border
-IoU 0.40-0.44); the TF tutorial's own model measured 0.881 / 0.705 with this input scaling on this kind of machine.
+Hardware and time: 5 minutes on one core of this 2-core machine (taskset, the other core busy), compilation and
+the test eval included; 14-34 minutes when the machine was shared with several other jobs.
+Expected result (bench/quality.md): test pixel accuracy 0.86-0.88, mean IoU 0.67-0.70 depending on the seed (mean of
+seeds 0-6: 0.690 +- 0.014; border IoU 0.435); the TF tutorial's own model measured 0.881 / 0.705 with this input
+scaling on this kind of machine.
 
 Run from the repository root (paths to ../shared are resolved from this file, not the working directory):
   python -m unet_jax.train --config configs/pets_sample.py --workdir runs/pets_sample --config.seed=0
