@@ -3,12 +3,14 @@
   python bench/train_step.py              # batch 8 and 64 at 128 px: frozen encoder, fully trainable, inference
   python bench/train_step.py --quick      # batch 8, two timed steps, no input pipeline: a smoke run (~3 min, 2 CPUs)
   python bench/train_step.py --profile    # also where one JAX step's time goes, per layer and per kind of op
+  python bench/train_step.py --rounds=3 --modes=frozen --batch_sizes=64   # one ratio, robust to the machine's drift
   python bench/train_step.py --frameworks=jax --dtype=bfloat16 --batch_sizes=64,256   # e.g. on a GPU
 
 Each figure (framework x mode x batch) runs in its own subprocess, so that its peak RSS, compile time and thread
 pools are its own; JAX and Keras alternate, so that both see the same machine load, and a ratio line (JAX / Keras)
-follows each pair. The JAX side is the product: the trainer's `train_step` (frozen encoder masked by the trainer's
-optimizer, donated state) and the model as `train_state.create_model` builds it. The Keras side is the tutorial's
+follows each pair (with `--rounds=N`, the ratio of the medians of N alternating measurements). The JAX side is
+the product: the trainer's `train_step` (frozen encoder masked by the trainer's optimizer, donated state) and the
+model as `train_state.create_model` builds it. The Keras side is the tutorial's
 model (tf.keras MobileNetV2 down stack + pix2pix up stack, random weights) trained by the fastest loop Keras offers
 that does the same work: a `tf.function` step with a GradientTape and Adam (no XLA: `jit_compile` is slower on CPU).
 Both run on fixed random batches already in memory; the input pipeline is measured on its own
@@ -52,6 +54,8 @@ _KERAS = flags.DEFINE_enum("keras", "tf.keras", ["tf.keras", "tf_keras"],
                            "tf_keras (Keras 2).")
 _INPUT_PIPELINE = flags.DEFINE_bool("input_pipeline", True, "Also run bench/input_pipeline.py at the largest batch.")
 _PROFILE = flags.DEFINE_bool("profile", False, "Trace one JAX step per figure and summarise where its time goes.")
+_ROUNDS = flags.DEFINE_integer("rounds", 1, "Measure each JAX/Keras pair this many times, alternating, and take the "
+                                "ratio of the medians: this machine drifts between runs by more than most effects.")
 _WORKER = flags.DEFINE_string("worker", "", "Internal: run one figure, 'framework:mode:batch', in this process.")
 
 
@@ -253,6 +257,10 @@ def subprocess_lines(command: list[str]) -> list[dict[str, Any]]:
   return rows
 
 
+def median(rows: list[dict[str, Any]], key: str) -> float:
+  return statistics.median(row[key] for row in rows)
+
+
 def forwarded_flags() -> list[str]:
   return [f"--image_size={_IMAGE_SIZE.value}", f"--steps={_STEPS.value}", f"--conv_impl={_CONV_IMPL.value}",
           f"--dtype={_DTYPE.value}", f"--keras={_KERAS.value}", f"--profile={_PROFILE.value}"]
@@ -272,17 +280,17 @@ def main(argv: list[str]) -> None:
   emit(figure="machine", cpus=os.cpu_count(), load_1m=round(os.getloadavg()[0], 2), python=sys.version.split()[0])
   for mode in _MODES.value:
     for batch in _BATCH_SIZES.value:
-      figures = {}
-      for framework in _FRAMEWORKS.value:
-        rows = subprocess_lines([sys.executable, __file__, f"--worker={framework}:{mode}:{batch}",
-                                 *forwarded_flags()])
-        figures[framework] = next((row for row in rows if row["figure"] != "profile"), None)
-      if figures.get("jax") and figures.get("keras"):
-        jax_row, keras_row = figures["jax"], figures["keras"]
-        emit(figure="ratio_jax_over_keras", mode=mode, batch=int(batch),
-             images_per_s=round(jax_row["images_per_s"] / keras_row["images_per_s"], 2),
-             first_step_s=round(jax_row["first_step_s"] / keras_row["first_step_s"], 2),
-             peak_rss=round(jax_row["peak_rss_mb"] / keras_row["peak_rss_mb"], 2))
+      figures = collections.defaultdict(list)
+      for _ in range(_ROUNDS.value):
+        for framework in _FRAMEWORKS.value:
+          rows = subprocess_lines([sys.executable, __file__, f"--worker={framework}:{mode}:{batch}",
+                                   *forwarded_flags()])
+          figures[framework] += [row for row in rows if row["figure"] != "profile"][:1]
+      if figures["jax"] and figures["keras"]:
+        emit(figure="ratio_jax_over_keras", mode=mode, batch=int(batch), rounds=_ROUNDS.value,
+             **{field: round(median(figures["jax"], key) / median(figures["keras"], key), 2)
+                for field, key in (("images_per_s", "images_per_s"), ("first_step_s", "first_step_s"),
+                                   ("peak_rss", "peak_rss_mb"))})
   if _INPUT_PIPELINE.value:  # The train stream's images/s, to set beside the step's.
     subprocess_lines([sys.executable, str(REPO_ROOT / "bench" / "input_pipeline.py"),
                       f"--batch_size={max(map(int, _BATCH_SIZES.value))}", f"--image_size={_IMAGE_SIZE.value}",
