@@ -1,5 +1,6 @@
 """Which checkpoints Orbax keeps, the saved config, and the SIGTERM notice (no model: a tiny state, seconds)."""
 
+import json
 import math
 import os
 import signal
@@ -45,6 +46,15 @@ def test_config_is_saved_beside_the_checkpoints(tmp_path):
   assert loaded.model.alpha == 0.35 and loaded.data.name == config.data.name
   with pytest.raises(FileNotFoundError, match="--workdir of a training run"):
     checkpointing.load_config(str(tmp_path / "elsewhere"))
+
+
+def test_a_config_saved_before_newer_fields_loads_with_their_defaults(tmp_path):
+  saved = default_config.get_config().to_dict()
+  saved["model"]["alpha"] = 0.35
+  del saved["eval_flip_average"], saved["model"]["conv_impl"]
+  (tmp_path / checkpointing.CONFIG_FILE).write_text(json.dumps(saved))
+  loaded = checkpointing.load_config(str(tmp_path))
+  assert (loaded.model.alpha, loaded.model.conv_impl, loaded.eval_flip_average) == (0.35, "auto", False)
 
 
 def test_sigterm_is_noticed_between_steps_and_the_handler_restored(tmp_path):

@@ -16,7 +16,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-from unet_jax import sharding
+from unet_jax import default_config, sharding
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
@@ -76,7 +76,14 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = epath.Path(workdir) / CONFIG_FILE
   if not path.exists():
     raise FileNotFoundError(f"{path} does not exist: is {workdir!r} the --workdir of a training run?")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  return ml_collections.ConfigDict(_with_defaults(json.loads(path.read_text()), default_config.get_config().to_dict()))
+
+
+def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+  """`saved` with the fields it lacks taken from `defaults`: a run saved before a field existed still loads, and
+  means the field's default (which is what the run did)."""
+  return {**defaults, **{key: _with_defaults(value, defaults[key]) if isinstance(defaults.get(key), dict) else value
+                         for key, value in saved.items()}}
 
 
 class PreemptionNotice:

@@ -123,7 +123,7 @@ class Predictor:
   def from_run(cls, run: TrainedRun, **options) -> "Predictor":
     # One device: a single image gains nothing from the data-parallel mesh the run was restored on.
     variables = jax.device_put({"params": run.state.params, "batch_stats": run.state.batch_stats}, jax.devices()[0])
-    options = {"flip_average": run.config.get("eval_flip_average", False), **options}
+    options = {"flip_average": run.config.eval_flip_average, **options}
     return cls(run.model, variables, run.config.data.image_size, run.config.data.normalization,
                run.config.model.num_classes, **options)
 

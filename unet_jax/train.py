@@ -82,7 +82,7 @@ def make_eval_fn(config: ml_collections.ConfigDict, model, mesh: jax.sharding.Me
   replicated, batch_sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   return jax.jit(functools.partial(eval_step, model=model, num_classes=config.model.num_classes,
                                    class_weights=tuple(config.class_weights), dice_weight=config.dice_weight,
-                                   flip_average=config.get("eval_flip_average", False)),
+                                   flip_average=config.eval_flip_average),
                  in_shardings=(replicated, batch_sharded),
                  out_shardings={"loss_sum": replicated, "weight_sum": replicated, "confusion": replicated,
                                 "predictions": batch_sharded})

@@ -41,9 +41,8 @@ def create_model(model_config: ml_collections.ConfigDict) -> UNet:
   return UNet(num_classes=model_config.num_classes, alpha=model_config.alpha,
               decoder_filters=tuple(model_config.decoder_filters), upsample=model_config.upsample,
               dropout_rate=model_config.dropout_rate, freeze_encoder=model_config.freeze_encoder,
-              dtype=DTYPES[model_config.dtype], conv_impl=model_config.get("conv_impl", "auto"),
-              # .get: configs saved by runs from before these fields existed still load.
-              bn_momentum=momentum if (momentum := model_config.get("bn_momentum", -1.0)) > 0 else None)
+              dtype=DTYPES[model_config.dtype], conv_impl=model_config.conv_impl,
+              bn_momentum=model_config.bn_momentum if model_config.bn_momentum > 0 else None)
 
 
 def load_encoder_variables(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
