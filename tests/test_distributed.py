@@ -17,8 +17,10 @@ def test_two_processes_reduce_over_four_devices():
                                 timeout_s=_TIMEOUT_S, echo=False)
   for r in results:
     assert r.returncode == 0, f"process {r.process_id} failed:\n{r.output}"
-  # The report is the last JSON line; gloo prints its own connection lines to the same stream, in any order.
-  reports = [json.loads([line for line in r.output.splitlines() if line.startswith("{")][-1]) for r in results]
+  # The report is the last JSON line; gloo prints its own connection lines to the same stream, in any order and
+  # sometimes onto the report's line without a newline, so only the JSON object at the line's start is decoded.
+  reports = [json.JSONDecoder().raw_decode([line for line in r.output.splitlines() if line.startswith("{")][-1])[0]
+             for r in results]
 
   assert [r["process_index"] for r in reports] == [0, 1]
   for r in reports:
