@@ -132,6 +132,19 @@ def test_eval_is_repeatable(tiny_config):
     np.testing.assert_array_equal(a["image"], b["image"])
 
 
+def test_eval_mask_size_gives_the_masks_of_that_size_beside_the_same_images(tiny_config):
+  config = tiny_config.copy_and_resolve_references()
+  config.eval_mask_size = 16
+  small = list(data.eval_batches(config, global_batch_size=BATCH))
+  plain = list(data.eval_batches(tiny_config, global_batch_size=BATCH))
+  config.image_size = 16  # A 16 px eval's masks: the same nearest-neighbour resize of the same trimaps.
+  reference = list(data.eval_batches(config, global_batch_size=BATCH))
+  for got, images, masks in zip(small, plain, reference, strict=True):
+    np.testing.assert_array_equal(got["image"], images["image"])
+    np.testing.assert_array_equal(got["mask"], masks["mask"])
+    assert got["mask"].shape[1:] == (16, 16)
+
+
 def test_optional_augmentations_keep_shapes_and_ranges(tiny_config):
   config = tiny_config.copy_and_resolve_references()
   config.augment.scale_crop = config.augment.color = True

@@ -6,12 +6,14 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from inference_testlib import trained  # noqa: F401  (a fixture)
 from train_testlib import REPO_ROOT, synthetic_data_dir, trainer_env  # noqa: F401  (a fixture)
-from unet_jax import data, evaluate
+from unet_jax import data, evaluate, metrics, predict
+from unet_jax.models import unet
 
 METRICS = ("loss", "pixel_accuracy", "mean_iou", "iou_per_class", "dice_per_class", "confusion_matrix")
 
@@ -55,6 +57,25 @@ def test_flip_averaged_evaluation_counts_the_same_pixels_differently(trained):  
   flipped = evaluate.evaluate_checkpoint(str(trained.workdir), overrides={"eval_flip_average": True})
   assert np.asarray(flipped["confusion_matrix"]).sum() == np.asarray(plain["confusion_matrix"]).sum()
   assert flipped["confusion_matrix"] != plain["confusion_matrix"]
+
+
+def test_eval_mask_size_scores_resized_logits_on_smaller_masks(trained):  # noqa: F811
+  size = trained.config.data.image_size // 2
+  plain = evaluate.evaluate_checkpoint(str(trained.workdir))
+  small = evaluate.evaluate_checkpoint(str(trained.workdir), overrides={"data.eval_mask_size": size})
+  split = trained.config.data.eval_split
+  assert np.asarray(small["confusion_matrix"]).sum() == data.num_examples(trained.config.data, split) * size ** 2
+  assert small["confusion_matrix"] != plain["confusion_matrix"]
+  # By hand: the full-size logits of every real example, resized to the masks, against the half-size masks.
+  run = predict.load_run(str(trained.workdir))
+  config = evaluate.config_with_overrides(run.config, {"data.eval_mask_size": size})
+  variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
+  confusion = 0
+  for batch in data.eval_batches(config.data, global_batch_size=config.batch_size):
+    logits = unet.inference_logits(run.model, variables, batch["image"])
+    logits = jax.image.resize(logits, batch["mask"].shape + (3,), "linear")
+    confusion += np.asarray(metrics.confusion_matrix(batch["mask"], logits.argmax(-1), 3, batch["weight"]))
+  np.testing.assert_array_equal(small["confusion_matrix"], confusion)
 
 
 def test_only_data_and_batch_size_may_change(trained):  # noqa: F811

@@ -61,6 +61,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.name = "oxford_iiit_pet"  # "oxford_iiit_pet" | "synthetic_pets" | "folder".
   config.data.data_dir = ""  # tfds data_dir; "" means tfds' default (~/tensorflow_datasets or $TFDS_DATA_DIR).
   config.data.image_size = 128
+  # Eval scores masks of this size (0: image_size), the logits resized to it: recipes trained at different input
+  # sizes are then compared on the same pixels (e.g. 128 px masks for a 160 px model).
+  config.data.eval_mask_size = 0
   # "minus_one_to_one" (x / 127.5 - 1, what the MobileNetV2 encoder was trained with) or
   # "zero_to_one" (x / 255, the TF tutorial's choice).
   config.data.normalization = "minus_one_to_one"

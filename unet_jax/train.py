@@ -55,8 +55,11 @@ def _logits(state: TrainState, images: jax.Array, model, flip_average: bool) -> 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model, num_classes: int,
               class_weights: tuple[float, ...], dice_weight: float, flip_average: bool) -> dict[str, jax.Array]:
   """Sums over the batch (padding weighted out), so that eval can add them up over the whole split; and the
-  predicted masks, left sharded like the batch (only the figure's few rows are ever fetched)."""
+  predicted masks, left sharded like the batch (only the figure's few rows are ever fetched). Logits are resized
+  (bilinearly) to the masks' size when `data.eval_mask_size` differs from the input size."""
   logits = _logits(state, batch["image"], model, flip_average)
+  if logits.shape[1:3] != batch["mask"].shape[1:3]:
+    logits = jax.image.resize(logits, batch["mask"].shape + logits.shape[-1:], "linear")
   loss = losses.segmentation_loss(logits, batch["mask"], class_weights=class_weights, dice_weight=dice_weight)
   predictions = logits.argmax(-1)
   return {"loss_sum": (loss * batch["weight"]).sum(), "weight_sum": batch["weight"].sum(),

@@ -46,6 +46,9 @@ def _check_config(data_config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.data.normalization={data_config.normalization!r}; use one of {NORMALIZATIONS}.")
   if data_config.image_size <= 0:
     raise ValueError(f"config.data.image_size={data_config.image_size} must be positive.")
+  if data_config.eval_mask_size < 0:
+    raise ValueError(f"config.data.eval_mask_size={data_config.eval_mask_size} must be positive, or 0 for "
+                     "image_size.")
 
 
 def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -92,9 +95,11 @@ def normalize_image(image, normalization: str):
   raise ValueError(f"normalization={normalization!r}; use one of {NORMALIZATIONS}.")
 
 
-def _resize(example: dict[str, tf.Tensor], image_size: int) -> dict[str, tf.Tensor]:
-  """Tutorial semantics: bilinear image (float32, still 0..255) and nearest-neighbour mask (uint8 [S, S])."""
-  mask = tf.image.resize(example["mask"], [image_size, image_size], method="nearest")[..., 0]
+def _resize(example: dict[str, tf.Tensor], image_size: int, mask_size: int = 0) -> dict[str, tf.Tensor]:
+  """Tutorial semantics: bilinear image (float32, still 0..255) and nearest-neighbour mask (uint8, `mask_size`,
+  0 meaning `image_size`)."""
+  mask_size = mask_size or image_size
+  mask = tf.image.resize(example["mask"], [mask_size, mask_size], method="nearest")[..., 0]
   return {"image": resize_image(example["image"], image_size), "mask": mask}
 
 
@@ -197,13 +202,15 @@ def _eval_dataset(data_config_json: str, global_batch_size: int, split: str, pro
   data_config = ml_collections.ConfigDict(json.loads(data_config_json))
   local_batch_size = _local_batch_size(global_batch_size, process_count)
   shard = _open_shard(data_config, split, process_index, process_count)
-  size = data_config.image_size
-  examples = shard.examples.map(functools.partial(_resize, image_size=size), num_parallel_calls=tf.data.AUTOTUNE)
+  size, mask_size = data_config.image_size, data_config.eval_mask_size or data_config.image_size
+  examples = shard.examples.map(functools.partial(_resize, image_size=size, mask_size=mask_size),
+                                num_parallel_calls=tf.data.AUTOTUNE)
   if data_config.cache:
     examples = examples.cache()
   examples = examples.map(lambda ex: {**_normalize(ex, data_config.normalization), "weight": tf.constant(1.0)},
                           num_parallel_calls=tf.data.AUTOTUNE)
-  padding = tf.data.Dataset.from_tensors({"image": tf.zeros([size, size, 3]), "mask": tf.zeros([size, size], tf.int32),
+  padding = tf.data.Dataset.from_tensors({"image": tf.zeros([size, size, 3]),
+                                          "mask": tf.zeros([mask_size, mask_size], tf.int32),
                                           "weight": tf.constant(0.0)}).repeat()
   # Every process pads to the largest shard, so all yield the same number of batches.
   num_batches = -(-max(shard.shard_sizes) // local_batch_size)
@@ -216,7 +223,7 @@ def eval_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: i
                  process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
   """One pass over every example of `split` (default `eval_split`) exactly once; the last batch padded.
 
-  Adds "weight": float32 [B], 1.0 for a real example and 0.0 for padding.
+  Adds "weight": float32 [B], 1.0 for a real example and 0.0 for padding. Masks are `eval_mask_size` when set.
   """
   _check_config(data_config)
   process_index, process_count = _processes(process_index, process_count)
