@@ -36,6 +36,8 @@ from typing import Any
 
 from absl import app, flags
 
+from keras_tutorial import keras_tutorial_unet  # bench/ is this script's directory, so on sys.path.
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("jax", "keras")
 MODES = ("frozen", "trainable", "inference")
@@ -173,32 +175,7 @@ def attribute(op_name: str) -> tuple[str, str, str]:
   return f"{'/'.join(modules)} {direction}", f"{modules[0] if modules else 'UNet'} {direction}", kind
 
 
-# --- Keras: the TF tutorial's model and its fastest equivalent loop. ---
-
-def keras_tutorial_unet(keras, image_size: int, num_classes: int = 3):
-  """The tutorial's `unet_model`: MobileNetV2 down stack (its five taps), pix2pix upsample blocks, last transpose
-  conv. Returns (model, down_stack)."""
-  layers = keras.layers
-  base = keras.applications.MobileNetV2(input_shape=[image_size, image_size, 3], include_top=False, weights=None)
-  tap_names = ["block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu",
-               "block_16_project"]
-  down_stack = keras.Model(inputs=base.input, outputs=[base.get_layer(name).output for name in tap_names])
-
-  def upsample(filters: int) -> Any:  # pix2pix.upsample(filters, 3), no dropout.
-    return keras.Sequential([
-        layers.Conv2DTranspose(filters, 3, strides=2, padding="same", use_bias=False,
-                               kernel_initializer=keras.initializers.RandomNormal(0.0, 0.02)),
-        layers.BatchNormalization(),
-        layers.ReLU()])
-
-  inputs = layers.Input(shape=[image_size, image_size, 3])
-  skips = down_stack(inputs)
-  x = skips[-1]
-  for filters, skip in zip((512, 256, 128, 64), reversed(skips[:-1])):
-    x = layers.Concatenate()([upsample(filters)(x), skip])
-  outputs = layers.Conv2DTranspose(num_classes, 3, strides=2, padding="same")(x)
-  return keras.Model(inputs=inputs, outputs=outputs), down_stack
-
+# --- Keras: the TF tutorial's model (bench/keras_tutorial.py) and its fastest equivalent loop. ---
 
 def keras_figure(mode: str, batch_size: int) -> dict[str, Any]:
   import tensorflow as tf
