@@ -10,7 +10,7 @@ logits with its mirror image's. Eval scores the protocol's 128 px masks (data.ev
 resized to them), so its figures compare with configs/pets_sample.py's.
 Each lever was chosen on the :val split, one at a time (bench/quality.md): the second phase +0.022 validation mean
 IoU, flip averaging +0.015, 160 px +0.014 and 224 px +0.020 more; 1,200 steps instead of 400 gained nothing (300
-images overfit), and scale/crop + colour augmentation and a Dice term were neutral.
+images overfit), and scale/crop + colour augmentation, a Dice term and class weights were neutral.
 
 Modes (the part after ':' in --config):
   configs/pets_best.py        ../shared/data/pets_sample: train on trainval (300), evaluate test (298) at the end.
@@ -19,11 +19,11 @@ Modes (the part after ':' in --config):
                               `tfds build oxford_iiit_pet`): the same recipe over 20 epochs of 3,680 // 16 steps,
                               the encoder unfrozen after the first quarter. Not run on this machine.
 
-Hardware and time: 42 minutes on one core of this 2-core machine (taskset -c 0, the other core busy): about 3.3 s
+Hardware and time: 42-46 minutes on one core of this 2-core machine (taskset -c 0, the other core busy): about 3.3 s
 a frozen step, 7 s once the encoder trains.
-Expected result (bench/quality.md, seed 0): test pixel accuracy 0.912, mean IoU 0.762 (pet 0.835, background
-0.917, border 0.536), against 0.690 (mean of 7 seeds) for configs/pets_sample.py's tutorial recipe; issue 7's
-target of 0.78 is not reached.
+Expected result (bench/quality.md, mean of seeds 0 and 1): test pixel accuracy 0.914, mean IoU 0.767 (0.762 and
+0.772; pet 0.839, background 0.918, border 0.545), against 0.690 (mean of 7 seeds) for configs/pets_sample.py's
+tutorial recipe; issue 7's target of 0.78 is not reached.
 
 Run from the repository root:
   python -m unet_jax.train --config configs/pets_best.py --workdir runs/pets_best
