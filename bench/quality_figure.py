@@ -23,7 +23,7 @@ def main(workdir: str, output: str, rows: int = 4) -> None:
   images = visualize.to_display_range(batch["image"], config.data.normalization)  # [0, 1], as the figure shows them.
   variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
   logits = predict.model_logits(run.model, config.data.normalization, config.eval_flip_average,
-                                variables, images * 255.0)
+                                tuple(config.eval_scales), variables, images * 255.0)
   visualize.save_predictions(output, images, batch["mask"], np.argmax(logits, -1), config.model.num_classes)
   print(f"Wrote {output}: the first {rows} test images, {workdir} at step {run.step}.")
 

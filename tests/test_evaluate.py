@@ -52,11 +52,14 @@ def _pixels(config, split: str) -> int:
   return data.num_examples(config.data, split) * config.data.image_size ** 2
 
 
-def test_flip_averaged_evaluation_counts_the_same_pixels_differently(trained):  # noqa: F811
+def test_test_time_augmented_evaluations_count_the_same_pixels_differently(trained):  # noqa: F811
   plain = evaluate.evaluate_checkpoint(str(trained.workdir))
   flipped = evaluate.evaluate_checkpoint(str(trained.workdir), overrides={"eval_flip_average": True})
   assert np.asarray(flipped["confusion_matrix"]).sum() == np.asarray(plain["confusion_matrix"]).sum()
   assert flipped["confusion_matrix"] != plain["confusion_matrix"]
+  multi_scale = evaluate.evaluate_checkpoint(str(trained.workdir), overrides={"eval_scales": (0.5, 1.0)})
+  assert np.asarray(multi_scale["confusion_matrix"]).sum() == np.asarray(plain["confusion_matrix"]).sum()
+  assert multi_scale["confusion_matrix"] not in (plain["confusion_matrix"], flipped["confusion_matrix"])
 
 
 def test_eval_mask_size_scores_resized_logits_on_smaller_masks(trained):  # noqa: F811

@@ -80,6 +80,25 @@ def test_flip_averaged_logits_are_mirror_equivariant(small_unet_variables):
   assert not np.allclose(mirrored, plain[:, :, ::-1], atol=1e-3)
 
 
+def test_multi_scale_logits_average_each_scale_resized_back(small_unet_variables):
+  model, x = UNet(alpha=0.35), images()
+  logits = jax.jit(inference_logits, static_argnums=(0, 3, 4))
+  plain = logits(model, small_unet_variables, x, True, (1.0,))
+  np.testing.assert_allclose(logits(model, small_unet_variables, x, True, (1.0, 1.0)), plain, atol=1e-6)
+  # 0.5 and 0.4 both round to 32 px (a multiple of 32); 1.5 gives 96 px. Each is resized back to 64 px.
+  by_scale = {}
+  for side in (32, 96):
+    resized = jax.image.resize(x, (2, side, side, 3), "linear")
+    by_scale[side] = jax.image.resize(logits(model, small_unet_variables, resized, True, (1.0,)), plain.shape, "linear")
+  got = logits(model, small_unet_variables, x, True, (0.5, 1.0, 1.5))
+  assert got.shape == plain.shape
+  np.testing.assert_allclose(got, (by_scale[32] + plain + by_scale[96]) / 3, atol=1e-5)
+  np.testing.assert_allclose(logits(model, small_unet_variables, x, True, (0.4,)), by_scale[32], atol=1e-5)
+  assert not np.allclose(by_scale[32], plain, atol=1e-2)
+  with pytest.raises(ValueError, match=r"scales \(0.0, 1.0\) must be positive"):
+    inference_logits(model, small_unet_variables, x, scales=(0.0, 1.0))
+
+
 def test_nearest_upsampling_shapes():
   model = UNet(num_classes=5, alpha=0.35, decoder_filters=(64, 32, 16, 8), upsample="nearest")
   x = jnp.zeros((1, 96, 64, 3))

@@ -136,10 +136,10 @@ def test_predictor_equals_the_trainers_predict_step(trained, predictor):  # noqa
   state = train_state.TrainState(step=0, params=predictor.variables["params"],
                                  batch_stats=predictor.variables["batch_stats"], opt_state=None, rng=None)
   normalized = data.normalize_image(images.astype(np.float32), trained.config.data.normalization)
-  for flip_average in (False, True):
-    want = np.asarray(jax.jit(functools.partial(train.predict_step, model=predictor.model,
-                                                flip_average=flip_average))(state, normalized))
-    got = np.stack(list(dataclasses.replace(predictor, flip_average=flip_average).predict(images)))
+  for flip_average, scales in ((False, (1.0,)), (True, (1.0,)), (True, (0.5, 1.0))):
+    want = np.asarray(jax.jit(functools.partial(train.predict_step, model=predictor.model, flip_average=flip_average,
+                                                scales=scales))(state, normalized))
+    got = np.stack(list(dataclasses.replace(predictor, flip_average=flip_average, scales=scales).predict(images)))
     np.testing.assert_array_equal(got, want)
     assert len(np.unique(want)) > 1, "a constant mask would make this comparison meaningless"
 

@@ -38,6 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_prediction_examples = 3  # Rows of the predictions/step_XXXXXX.png figure.
   # Eval and predict average the logits of each image and of its mirror image (test-time flips; 2x the eval cost).
   config.eval_flip_average = False
+  # Eval and predict average the logits over the images resized by these factors (multi-scale test; len x the cost).
+  config.eval_scales = (1.0,)
 
   config.model = ml_collections.ConfigDict()
   config.model.num_classes = 3

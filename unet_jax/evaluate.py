@@ -24,7 +24,7 @@ from unet_jax import checkpointing, data, default_config, distributed, predict, 
 
 EVALUATION_DIR = "evaluation"
 # The fields an evaluation may change: which examples it reads and how many at once, never the model.
-OVERRIDABLE_PREFIXES = ("data.", "batch_size", "eval_flip_average")
+OVERRIDABLE_PREFIXES = ("data.", "batch_size", "eval_flip_average", "eval_scales")
 
 
 def config_with_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
@@ -32,8 +32,8 @@ def config_with_overrides(config: ml_collections.ConfigDict, overrides: Mapping[
   refused = sorted(key for key in overrides if not key.startswith(OVERRIDABLE_PREFIXES))
   if refused:
     raise ValueError(f"--config.{refused[0]} cannot change for an evaluation: the model and training settings are "
-                     f"the run's. Only --config.data.*, --config.batch_size and --config.eval_flip_average can (e.g. "
-                     f"--config.data.eval_split=train).")
+                     f"the run's. Only --config.data.*, --config.batch_size and the test-time augmentation "
+                     f"(--config.eval_flip_average, --config.eval_scales) can (e.g. --config.data.eval_split=train).")
   config = ml_collections.ConfigDict(config.to_dict())
   config.update_from_flattened_dict(dict(overrides))
   return config

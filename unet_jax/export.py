@@ -28,7 +28,7 @@ def to_tf_module(predictor: predict.Predictor, platforms: Sequence[str] = ("cpu"
     raise ValueError("The SavedModel resizes to the model's training size; export a Predictor with keep_size=False.")
   size = predictor.image_size
   logits_fn = jax2tf.convert(functools.partial(predict.model_logits, predictor.model, predictor.normalization,
-                                               predictor.flip_average),
+                                               predictor.flip_average, predictor.scales),
                              polymorphic_shapes=[None, f"(b, {size}, {size}, 3)"], with_gradient=False,
                              native_serialization_platforms=tuple(platforms))
   module = tf.Module()

@@ -30,14 +30,14 @@ from unet_jax.models.unet import INPUT_MULTIPLE, inference_logits
 CHECKPOINT_CHOICES = "'latest', 'best' or a step number"
 
 
-def model_logits(model: nn.Module, normalization: str, flip_average: bool, variables: dict[str, Any],
-                 images: jax.Array) -> jax.Array:
+def model_logits(model: nn.Module, normalization: str, flip_average: bool, scales: tuple[float, ...],
+                 variables: dict[str, Any], images: jax.Array) -> jax.Array:
   """float32 logits [N, h, w, C] of float32 images [N, h, w, 3] in 0..255 (h, w multiples of 32)."""
-  return inference_logits(model, variables, data.normalize_image(images, normalization), flip_average)
+  return inference_logits(model, variables, data.normalize_image(images, normalization), flip_average, scales)
 
 
 # Module-level, so that every Predictor of the same model (modules compare by their fields) shares the compiled program.
-_jitted_model_logits = jax.jit(model_logits, static_argnums=(0, 1, 2))
+_jitted_model_logits = jax.jit(model_logits, static_argnums=(0, 1, 2, 3))
 
 
 def masks_from_logits(logits: Any, size: Any) -> tf.Tensor:
@@ -109,6 +109,7 @@ class Predictor:
   batch_size: int = 8
   keep_size: bool = False
   flip_average: bool = False  # Test-time flips, as the run's eval did (config.eval_flip_average).
+  scales: tuple[float, ...] = (1.0,)  # Test-time scales, as the run's eval did (config.eval_scales).
 
   def __post_init__(self):
     if self.batch_size < 1:
@@ -123,7 +124,7 @@ class Predictor:
   def from_run(cls, run: TrainedRun, **options) -> "Predictor":
     # One device: a single image gains nothing from the data-parallel mesh the run was restored on.
     variables = jax.device_put({"params": run.state.params, "batch_stats": run.state.batch_stats}, jax.devices()[0])
-    options = {"flip_average": run.config.eval_flip_average, **options}
+    options = {"flip_average": run.config.eval_flip_average, "scales": tuple(run.config.eval_scales), **options}
     return cls(run.model, variables, run.config.data.image_size, run.config.data.normalization,
                run.config.model.num_classes, **options)
 
@@ -138,7 +139,8 @@ class Predictor:
   def _masks(self, inputs: list[np.ndarray], sizes: list[tuple[int, int]], batch_size: int) -> list[np.ndarray]:
     batch = np.zeros((batch_size, *inputs[0].shape), np.float32)
     batch[:len(inputs)] = inputs
-    logits = np.asarray(_jitted_model_logits(self.model, self.normalization, self.flip_average, self.variables, batch))
+    logits = np.asarray(_jitted_model_logits(self.model, self.normalization, self.flip_average, self.scales,
+                                             self.variables, batch))
     if self.keep_size:
       return [logits[index, :height, :width].argmax(-1).astype(np.int32)
               for index, (height, width) in enumerate(sizes)]

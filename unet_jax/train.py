@@ -48,16 +48,18 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx: opt
   return state, {"loss": loss, "pixel_accuracy": (logits.argmax(-1) == batch["mask"]).mean()}
 
 
-def _logits(state: TrainState, images: jax.Array, model, flip_average: bool) -> jax.Array:
-  return inference_logits(model, {"params": state.params, "batch_stats": state.batch_stats}, images, flip_average)
+def _logits(state: TrainState, images: jax.Array, model, flip_average: bool, scales: tuple[float, ...]) -> jax.Array:
+  return inference_logits(model, {"params": state.params, "batch_stats": state.batch_stats}, images, flip_average,
+                          scales)
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model, num_classes: int,
-              class_weights: tuple[float, ...], dice_weight: float, flip_average: bool) -> dict[str, jax.Array]:
+              class_weights: tuple[float, ...], dice_weight: float, flip_average: bool,
+              scales: tuple[float, ...]) -> dict[str, jax.Array]:
   """Sums over the batch (padding weighted out), so that eval can add them up over the whole split; and the
   predicted masks, left sharded like the batch (only the figure's few rows are ever fetched). Logits are resized
   (bilinearly) to the masks' size when `data.eval_mask_size` differs from the input size."""
-  logits = _logits(state, batch["image"], model, flip_average)
+  logits = _logits(state, batch["image"], model, flip_average, scales)
   if logits.shape[1:3] != batch["mask"].shape[1:3]:
     logits = jax.image.resize(logits, batch["mask"].shape + logits.shape[-1:], "linear")
   loss = losses.segmentation_loss(logits, batch["mask"], class_weights=class_weights, dice_weight=dice_weight)
@@ -67,8 +69,9 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model, num_clas
           "predictions": predictions}
 
 
-def predict_step(state: TrainState, images: jax.Array, *, model, flip_average: bool = False) -> jax.Array:
-  return _logits(state, images, model, flip_average).argmax(-1)
+def predict_step(state: TrainState, images: jax.Array, *, model, flip_average: bool = False,
+                 scales: tuple[float, ...] = (1.0,)) -> jax.Array:
+  return _logits(state, images, model, flip_average, scales).argmax(-1)
 
 
 def make_train_fn(config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation,
@@ -85,7 +88,7 @@ def make_eval_fn(config: ml_collections.ConfigDict, model, mesh: jax.sharding.Me
   replicated, batch_sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   return jax.jit(functools.partial(eval_step, model=model, num_classes=config.model.num_classes,
                                    class_weights=tuple(config.class_weights), dice_weight=config.dice_weight,
-                                   flip_average=config.eval_flip_average),
+                                   flip_average=config.eval_flip_average, scales=tuple(config.eval_scales)),
                  in_shardings=(replicated, batch_sharded),
                  out_shardings={"loss_sum": replicated, "weight_sum": replicated, "confusion": replicated,
                                 "predictions": batch_sharded})

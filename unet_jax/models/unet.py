@@ -120,11 +120,29 @@ class UNet(nn.Module):
     return x.astype(jnp.float32)
 
 
-def inference_logits(model: nn.Module, variables: dict[str, Any], images: jax.Array,
-                     flip_average: bool = False) -> jax.Array:
-  """Eval-mode logits. `flip_average`: test-time augmentation matching the training flips, the mean of the logits
-  of the images and of their mirror images (mirrored back), as one batch of twice the size."""
-  if not flip_average:
-    return model.apply(variables, images, train=False)
-  logits, mirrored = jnp.split(model.apply(variables, jnp.concatenate([images, images[:, :, ::-1]]), train=False), 2)
-  return (logits + mirrored[:, :, ::-1]) / 2
+def inference_logits(model: nn.Module, variables: dict[str, Any], images: jax.Array, flip_average: bool = False,
+                     scales: Sequence[float] = (1.0,)) -> jax.Array:
+  """Eval-mode logits, optionally test-time augmented. `flip_average`: the mean of the logits of the images and of
+  their mirror images (mirrored back), as one batch of twice the size, matching the training flips. `scales`: the
+  mean over the images resized (bilinearly) by each factor, to the nearest multiple of 32, with their logits resized
+  back: multi-scale evaluation, as segmentation benchmarks report it."""
+
+  def logits_of(x: jax.Array) -> jax.Array:
+    if not flip_average:
+      return model.apply(variables, x, train=False)
+    plain, mirrored = jnp.split(model.apply(variables, jnp.concatenate([x, x[:, :, ::-1]]), train=False), 2)
+    return (plain + mirrored[:, :, ::-1]) / 2
+
+  if not scales or min(scales) <= 0:
+    raise ValueError(f"Test-time scales {tuple(scales)} must be positive factors, e.g. (0.75, 1.0, 1.25); (1.0,) "
+                     f"evaluates the images as they are (config.eval_scales).")
+  batch, height, width, channels = images.shape
+  total = 0.0
+  for scale in scales:
+    size = [max(INPUT_MULTIPLE, round(scale * side / INPUT_MULTIPLE) * INPUT_MULTIPLE) for side in (height, width)]
+    if size == [height, width]:
+      total = total + logits_of(images)
+    else:
+      logits = logits_of(jax.image.resize(images, (batch, *size, channels), "linear"))
+      total = total + jax.image.resize(logits, (batch, height, width, logits.shape[-1]), "linear")
+  return total / len(scales)
