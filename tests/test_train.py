@@ -159,6 +159,13 @@ def test_batch_not_divisible_by_the_device_count_is_a_clear_error(tmp_path, synt
   assert "12" in result.stderr and "8" in result.stderr and "batch_size" in result.stderr
 
 
+def test_bad_test_time_scales_fail_before_training(tmp_path, synthetic_data_dir):  # noqa: F811
+  config = train_testlib.tiny_config(synthetic_data_dir, {"eval_scales": (1.0, -0.5)})
+  with pytest.raises(ValueError, match=r"scales \(1.0, -0.5\) must be positive"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_missing_dataset_offline_is_a_clear_error(tmp_path, synthetic_data_dir):  # noqa: F811
   config = train_testlib.tiny_config(tmp_path / "empty_tfds", {"data.name": "oxford_iiit_pet"})
   with pytest.raises(data.DatasetNotFoundError, match="tfds build oxford_iiit_pet"):

@@ -28,7 +28,7 @@ FLAGS = flags.FLAGS
 
 from unet_jax import (checkpointing, data, distributed, losses, metric_writers, metrics, sharding, train_state,
                       visualize)
-from unet_jax.models.unet import inference_logits
+from unet_jax.models.unet import check_test_time_scales, inference_logits
 from unet_jax.train_state import TrainState
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx: optax.GradientTransformation,
@@ -177,6 +177,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
                      f"config.model.num_classes={num_classes}: give one weight per class, or () for uniform.")
   if config.batch_size <= 0:
     raise ValueError(f"config.batch_size={config.batch_size} must be positive.")
+  check_test_time_scales(config.eval_scales)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

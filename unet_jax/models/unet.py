@@ -120,6 +120,14 @@ class UNet(nn.Module):
     return x.astype(jnp.float32)
 
 
+def check_test_time_scales(scales: Sequence[float]) -> None:
+  """A clear error for scales `inference_logits` cannot use; the trainer checks before training, not at its first
+  eval, so that a typo costs no training."""
+  if not scales or min(scales) <= 0:
+    raise ValueError(f"Test-time scales {tuple(scales)} must be positive factors, e.g. (0.75, 1.0, 1.25); (1.0,) "
+                     f"evaluates the images as they are (config.eval_scales).")
+
+
 def inference_logits(model: nn.Module, variables: dict[str, Any], images: jax.Array, flip_average: bool = False,
                      scales: Sequence[float] = (1.0,)) -> jax.Array:
   """Eval-mode logits, optionally test-time augmented. `flip_average`: the mean of the logits of the images and of
@@ -133,9 +141,7 @@ def inference_logits(model: nn.Module, variables: dict[str, Any], images: jax.Ar
     plain, mirrored = jnp.split(model.apply(variables, jnp.concatenate([x, x[:, :, ::-1]]), train=False), 2)
     return (plain + mirrored[:, :, ::-1]) / 2
 
-  if not scales or min(scales) <= 0:
-    raise ValueError(f"Test-time scales {tuple(scales)} must be positive factors, e.g. (0.75, 1.0, 1.25); (1.0,) "
-                     f"evaluates the images as they are (config.eval_scales).")
+  check_test_time_scales(scales)
   batch, height, width, channels = images.shape
   total = 0.0
   for scale in scales:
