@@ -1,7 +1,8 @@
 """Markdown rows for bench/quality.md from training workdirs: the last eval of each run, plus `evaluate` results.
 
 Reads `metrics.jsonl` (the trainer's eval events: validation for `:val` runs, test otherwise) and
-`evaluation/step_*_test.json` (written by `python -m unet_jax.evaluate`). Wall time is from the run's start (the
+`evaluation/step_*_test*.json` (written by `python -m unet_jax.evaluate`; each row names the evaluation's overrides,
+and its split is the list the evaluation read: the run's, or the one an override gave). Wall time is from the run's start (the
 timestamp in its TensorBoard event file's name) to its last metrics line; it includes compilation and eval. With
 LOAD_LOG set to a file of `HH:MM:SS load1 ...` lines (`echo "$(date +%H:%M:%S) $(cat /proc/loadavg)"` every
 minute), the table adds the mean 1-minute load average of the 2-core machine during each run: the box is shared, so
@@ -39,6 +40,11 @@ def _row(name: str, split: str, metrics: dict, steps: int, wall: str, load: str)
           f"| {wall} | {load} |")
 
 
+def _split_label(test_list: str) -> str:
+  """pets_sample's lists: the 60 held-out trainval images of configs/pets_sample_split/, or the official test list."""
+  return "val (60)" if "pets_sample_split" in test_list else "test (298)"
+
+
 def rows(workdir: pathlib.Path) -> list[str]:
   events = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
   config = json.loads((workdir / "config.json").read_text())
@@ -46,15 +52,17 @@ def rows(workdir: pathlib.Path) -> list[str]:
   end = (workdir / "metrics.jsonl").stat().st_mtime
   wall, load = f"{(end - start) / 60:.0f}", _mean_load(start, end)
   eval_events = [event for event in events if event["split"] == "eval"]
-  train_list = config["data"]["folder"]["train_list"]
-  split = "val (60)" if "pets_sample_split" in train_list else "test (298)"
+  test_list = config["data"]["folder"]["test_list"]
   out = []
   if eval_events:
     last = eval_events[-1]
-    out.append(_row(workdir.name, split, last, last["step"], wall, load))
-  for path in sorted((workdir / "evaluation").glob("step_*_test.json")):
+    out.append(_row(workdir.name, _split_label(test_list), last, last["step"], wall, load))
+  for path in sorted((workdir / "evaluation").glob("step_*_test*.json")):
     metrics = json.loads(path.read_text())
-    out.append(_row(workdir.name, "test (298), evaluate", metrics, metrics["step"], "", ""))
+    overrides = metrics.get("overrides", {})
+    name = ", ".join([workdir.name] + [f"{key}={value}" for key, value in sorted(overrides.items())])
+    split = _split_label(overrides.get("data.folder.test_list", test_list))
+    out.append(_row(name, f"{split}, evaluate", metrics, metrics["step"], "", ""))
   return out
 
 

@@ -91,6 +91,19 @@ def test_json_has_null_for_an_absent_class():
   assert json.loads(text) == {"step": 3, "iou_per_class": [0.5, None], "confusion_matrix": [[1, 0], [0, 0]]}
 
 
+def test_evaluations_with_other_overrides_are_written_to_other_files(tmp_path):
+  plain = {"step": 400, "split": "test", "overrides": {}, "mean_iou": 0.5}
+  flip = {**plain, "overrides": {"eval_flip_average": True}, "mean_iou": 0.6}
+  scales = {**plain, "overrides": {"eval_flip_average": True, "eval_scales": (0.75, 1.0)}, "mean_iou": 0.7}
+  paths = [evaluate.write_json(str(tmp_path), metrics) for metrics in (plain, flip, scales)]
+  assert paths[0].name == "step_000400_test.json" and len(set(paths)) == 3
+  assert [json.loads(path.read_text())["mean_iou"] for path in paths] == [0.5, 0.6, 0.7]
+  assert json.loads(paths[2].read_text())["overrides"] == {"eval_flip_average": True, "eval_scales": [0.75, 1.0]}
+  again = evaluate.write_json(str(tmp_path), {**scales, "overrides": {"eval_scales": (0.75, 1.0),
+                                                                         "eval_flip_average": True}})
+  assert again == paths[2]  # The same overrides in another order: the same file.
+
+
 def test_cli_prints_the_table_and_writes_json(trained):  # noqa: F811
   step = min(trained.eval_metrics)
   result = subprocess.run([sys.executable, "-m", "unet_jax.evaluate", f"--workdir={trained.workdir}",
@@ -98,8 +111,10 @@ def test_cli_prints_the_table_and_writes_json(trained):  # noqa: F811
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"Step {step}, split 'test[:12]'" in result.stdout and "Confusion matrix" in result.stdout
+  assert "data.eval_split=test[:12]" in result.stdout
   path = pathlib.Path(result.stdout.rsplit("Wrote ", 1)[1].strip())
   assert path.parent == trained.workdir / "evaluation"
   written = json.loads(path.read_text())
   assert (written["step"], written["split"]) == (step, "test[:12]")
+  assert written["overrides"] == {"data.eval_split": "test[:12]"}
   assert np.asarray(written["confusion_matrix"]).sum() == _pixels(trained.config, "test[:12]")

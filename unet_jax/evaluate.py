@@ -4,9 +4,12 @@ Runs the trainer's own eval (its jitted eval step, confusion matrix over the who
 figures equal the ones the training run logged for that checkpoint. The run's config comes from the workdir;
 `--config.data.*` (another split, data_dir, ...) and `--config.batch_size` may change for this evaluation only.
 Prints a table and writes the metrics as JSON to workdir/evaluation/step_XXXXXX_<split>.json (`--json` prints the
-JSON instead of the table).
+JSON instead of the table). An evaluation with overrides records them in its JSON and names the file after them
+(step_XXXXXX_<split>_<hash of the overrides>.json), so evaluations with other test-time settings do not overwrite
+each other.
 """
 
+import hashlib
 import json
 import math
 import sys
@@ -49,7 +52,8 @@ def evaluate_checkpoint(workdir: str, checkpoint: str | int = "latest",
   run = predict.load_run(workdir, checkpoint, config)
   data.check_global_batch_size(run.config.batch_size)
   metrics, _ = train.evaluate(train.make_eval_fn(run.config, run.model, run.mesh), run.state, run.config, run.mesh)
-  return {"step": run.step, "split": run.config.data.eval_split, "dataset": run.config.data.name, **metrics}
+  return {"step": run.step, "split": run.config.data.eval_split, "dataset": run.config.data.name,
+          "overrides": dict(overrides or {}), **metrics}
 
 
 def _json_safe(value: Any) -> Any:
@@ -58,6 +62,8 @@ def _json_safe(value: Any) -> Any:
     return None
   if isinstance(value, (list, tuple)):
     return [_json_safe(item) for item in value]
+  if isinstance(value, Mapping):
+    return {key: _json_safe(item) for key, item in value.items()}
   return value
 
 
@@ -68,7 +74,8 @@ def to_json(metrics: Mapping[str, Any]) -> str:
 def format_table(metrics: Mapping[str, Any]) -> str:
   confusion = np.asarray(metrics["confusion_matrix"], np.int64)
   classes = range(len(confusion))
-  lines = [f"Step {metrics['step']}, split {metrics['split']!r} of {metrics['dataset']!r}",
+  overrides = "".join(f", {key}={value}" for key, value in sorted(metrics.get("overrides", {}).items()))
+  lines = [f"Step {metrics['step']}, split {metrics['split']!r} of {metrics['dataset']!r}{overrides}",
            f"  loss            {metrics['loss']:.4f}",
            f"  pixel accuracy  {metrics['pixel_accuracy']:.4f}",
            f"  mean IoU        {metrics['mean_iou']:.4f}",
@@ -86,8 +93,13 @@ def format_table(metrics: Mapping[str, Any]) -> str:
 
 
 def write_json(workdir: str, metrics: Mapping[str, Any]) -> epath.Path:
+  """Writes workdir/evaluation/step_XXXXXX_<split>[_<hash of the overrides>].json and returns its path."""
   split = str(metrics["split"]).replace("/", "_").replace(":", "_")  # tfds slices like "test[:50%]" stay a file name.
-  path = epath.Path(workdir) / EVALUATION_DIR / f"step_{metrics['step']:06d}_{split}.json"
+  name = f"step_{metrics['step']:06d}_{split}"
+  if metrics.get("overrides"):
+    overrides = json.dumps(_json_safe(metrics["overrides"]), sort_keys=True)
+    name += "_" + hashlib.sha256(overrides.encode()).hexdigest()[:8]
+  path = epath.Path(workdir) / EVALUATION_DIR / f"{name}.json"
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(to_json(metrics))
   return path
