@@ -1,11 +1,15 @@
 """The offline `synthetic_pets` tfds builder: built for real (tiny config), same features as oxford_iiit_pet."""
 
 import socket
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from train_testlib import REPO_ROOT, trainer_env
 from unet_jax import data, default_config
 from unet_jax.data import synthetic_pets
 
@@ -39,6 +43,36 @@ def test_builds_on_first_use_offline_with_the_oxford_iiit_pet_features(tmp_path,
     assert ex["segmentation_mask"].shape == ex["image"].shape[:2] + (1,)
     assert set(np.unique(ex["segmentation_mask"])) == {1, 2, 3}
     assert 0 <= ex["label"] < len(synthetic_pets.TEXTURES)
+
+
+# Imports, says so, then waits for the start file: every process prepares the dataset at the same moment.
+_PREPARE_AT_ONCE = """
+import os, pathlib, sys, time
+from unet_jax import data, default_config
+config = default_config.get_config().data
+config.name, config.data_dir = "synthetic_pets/tiny", sys.argv[1]
+pathlib.Path(sys.argv[2], f"ready.{os.getpid()}").touch()
+while not pathlib.Path(sys.argv[2], "start").exists():
+  time.sleep(0.01)
+print(data.num_examples(config, "train"))
+"""
+
+
+def test_processes_that_build_it_at_once_all_get_it(tmp_path):
+  """pytest workers and the hosts of a run may all use it first at once: the last to finish must not fail."""
+  processes = [subprocess.Popen([sys.executable, "-c", _PREPARE_AT_ONCE, str(tmp_path / "tfds"), str(tmp_path)],
+                                env=trainer_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for _ in range(3)]
+  deadline = time.monotonic() + 300
+  while len(list(tmp_path.glob("ready.*"))) < 3 and time.monotonic() < deadline:
+    assert all(process.poll() is None for process in processes), "a process died while importing"
+    time.sleep(0.1)
+  (tmp_path / "start").touch()
+  for process in processes:
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    assert stdout.split()[-1] == "64"
+  assert [path.name for path in (tmp_path / "tfds" / "synthetic_pets" / "tiny").iterdir()] == ["1.0.0"]
 
 
 def test_each_example_is_a_pure_function_of_its_seed():

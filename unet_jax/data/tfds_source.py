@@ -21,7 +21,12 @@ def _builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder
   if builder.is_prepared():
     return builder
   if builder.name == OFFLINE_DATASET:
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    try:
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    except FileExistsError:  # Another process (a pytest worker, a host) finished preparing it first: use theirs.
+      builder = tfds.builder(data_config.name, data_dir=data_config.data_dir or None)
+      if not builder.is_prepared():
+        raise
     return builder
   raise DatasetNotFoundError(
       f"tfds dataset {data_config.name!r} is not prepared in {builder.data_dir} "
