@@ -1,12 +1,12 @@
 """Markdown rows for bench/quality.md from training workdirs: the last eval of each run, plus `evaluate` results.
 
 Reads `metrics.jsonl` (the trainer's eval events: validation for `:val` runs, test otherwise) and
-`evaluation/step_*_test*.json` (written by `python -m unet_jax.evaluate`; each row names the evaluation's overrides,
-and its split is the list the evaluation read: the run's, or the one an override gave). Wall time is from the run's start (the
-timestamp in its TensorBoard event file's name) to its last metrics line; it includes compilation and eval. With
-LOAD_LOG set to a file of `HH:MM:SS load1 ...` lines (`echo "$(date +%H:%M:%S) $(cat /proc/loadavg)"` every
-minute), the table adds the mean 1-minute load average of the 2-core machine during each run: the box is shared, so
-wall times vary ~3x with it.
+`evaluation/step_*_test*.json` (written by `python -m unet_jax.evaluate`; each row names the evaluation's
+overrides, and its split is the list the evaluation read: the run's, or the one an override gave). Wall time is from
+the run's start (the timestamp in its TensorBoard event file's name) to its last metrics line; it includes
+compilation and eval. With LOAD_LOG set to a file of `HH:MM:SS load1 ...` lines (`echo "$(date +%H:%M:%S)
+$(cat /proc/loadavg)"` every minute), the table adds the mean 1-minute load average of the 2-core machine during
+each run: the box is shared, so wall times vary ~3x with it.
 
   LOAD_LOG=/tmp/quality/load.log python bench/quality_table.py /tmp/quality/tutorial_s0 /tmp/quality/best400_val_s0
 """

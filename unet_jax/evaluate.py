@@ -74,7 +74,7 @@ def to_json(metrics: Mapping[str, Any]) -> str:
 def format_table(metrics: Mapping[str, Any]) -> str:
   confusion = np.asarray(metrics["confusion_matrix"], np.int64)
   classes = range(len(confusion))
-  overrides = "".join(f", {key}={value}" for key, value in sorted(metrics.get("overrides", {}).items()))
+  overrides = "".join(f", {key}={value}" for key, value in sorted(metrics["overrides"].items()))
   lines = [f"Step {metrics['step']}, split {metrics['split']!r} of {metrics['dataset']!r}{overrides}",
            f"  loss            {metrics['loss']:.4f}",
            f"  pixel accuracy  {metrics['pixel_accuracy']:.4f}",
@@ -96,7 +96,7 @@ def write_json(workdir: str, metrics: Mapping[str, Any]) -> epath.Path:
   """Writes workdir/evaluation/step_XXXXXX_<split>[_<hash of the overrides>].json and returns its path."""
   split = str(metrics["split"]).replace("/", "_").replace(":", "_")  # tfds slices like "test[:50%]" stay a file name.
   name = f"step_{metrics['step']:06d}_{split}"
-  if metrics.get("overrides"):
+  if metrics["overrides"]:
     overrides = json.dumps(_json_safe(metrics["overrides"]), sort_keys=True)
     name += "_" + hashlib.sha256(overrides.encode()).hexdigest()[:8]
   path = epath.Path(workdir) / EVALUATION_DIR / f"{name}.json"
