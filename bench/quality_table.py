@@ -41,8 +41,11 @@ def _row(name: str, split: str, metrics: dict, steps: int, wall: str, load: str)
 
 
 def _split_label(test_list: str) -> str:
-  """pets_sample's lists: the 60 held-out trainval images of configs/pets_sample_split/, or the official test list."""
-  return "val (60)" if "pets_sample_split" in test_list else "test (298)"
+  """pets_sample's lists: a fold's 60 held-out trainval images (configs/pets_sample_split/), or the official test."""
+  if "pets_sample_split" not in test_list:
+    return "test (298)"
+  fold = pathlib.Path(test_list).parent.name  # foldK; sessions 1-5 read the one split that is now fold0.
+  return f"val{fold.removeprefix('fold') if fold.startswith('fold') else 0} (60)"
 
 
 def rows(workdir: pathlib.Path) -> list[str]:

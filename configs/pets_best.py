@@ -16,7 +16,8 @@ images overfit), and scale/crop + colour augmentation, a Dice term, class weight
 
 Modes (the part after ':' in --config):
   configs/pets_best.py        ../shared/data/pets_sample: train on trainval (300), evaluate test (298) at the end.
-  configs/pets_best.py:val    train on 240 of trainval, evaluate the 60 held out every 100 steps (choose here).
+  configs/pets_best.py:val    train on 240 of trainval, evaluate the 60 held out every 100 steps (choose here);
+                              :valK for validation fold K = 0..4 (configs/pets_sample.py).
   configs/pets_best.py:full   the full tfds oxford_iiit_pet (3,680 train / 3,669 test, needs
                               `tfds build oxford_iiit_pet`): the same recipe over 20 epochs of 3,680 // 16 steps,
                               the encoder unfrozen after the first quarter. Not run on this machine.
@@ -59,7 +60,7 @@ def get_config(mode: str = "test") -> ml_collections.ConfigDict:
   config.unfreeze_at_step = config.num_train_steps // 4
   config.encoder_learning_rate = 1e-4
   config.eval_flip_average = True
-  config.eval_every_steps = 100 if mode == "val" else config.num_train_steps
+  config.eval_every_steps = 100 if mode.startswith("val") else config.num_train_steps
   config.checkpoint_every_steps = 100
   if full:
     config.model.pretrained = "imagenet"

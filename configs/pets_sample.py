@@ -4,12 +4,14 @@ What it reproduces: tensorflow.org/tutorials/images/segmentation on `../shared/d
 of 3 breeds, trimaps {1,2,3} -> {pet, background, border}): 128 px, the ImageNet MobileNetV2 (alpha 1.0) encoder
 frozen, random horizontal flips, batch 16, Adam 1e-3, 300 steps. Inputs are x / 127.5 - 1 (the encoder's own range).
 
-Two modes (the part after ':' in --config):
+Modes (the part after ':' in --config):
   configs/pets_sample.py       trains on the official trainval list (300), evaluates the official test list (298)
                                once, at the end: the final figure of a recipe.
-  configs/pets_sample.py:val   trains on 240 of trainval, evaluates the other 60 (configs/pets_sample_split/,
+  configs/pets_sample.py:val   trains on 240 of trainval, evaluates the other 60 (configs/pets_sample_split/fold0,
                                a seeded per-breed 20% from bench/quality_split.py) every 100 steps: choose recipes
                                here, never on test.
+  configs/pets_sample.py:valK  the same on fold K (K = 0..4; :val is :val0): five disjoint 60-image validation sets
+                               that cover trainval, for differences one fold of 60 images cannot resolve.
 
 Hardware and time: 5 minutes on one core of this 2-core machine (taskset, the other core busy), compilation and
 the test eval included; 14-34 minutes when the machine was shared with several other jobs.
@@ -31,12 +33,15 @@ from unet_jax import default_config
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
 SPLIT_DIR = REPO_ROOT / "configs" / "pets_sample_split"
-MODES = ("test", "val")
+NUM_FOLDS = 5  # bench/quality_split.py's.
+VAL_MODES = {"val": 0} | {f"val{fold}": fold for fold in range(NUM_FOLDS)}
+MODES = ("test", *VAL_MODES)
 
 
 def get_config(mode: str = "test") -> ml_collections.ConfigDict:
   if mode not in MODES:
     raise ValueError(f"--config configs/pets_sample.py:{mode}: unknown mode {mode!r}; use one of {MODES}.")
+  validating = mode in VAL_MODES
   config = default_config.get_config()
   config.seed = 0
   config.batch_size = 16
@@ -44,7 +49,7 @@ def get_config(mode: str = "test") -> ml_collections.ConfigDict:
   config.optimizer = "adam"
   config.learning_rate = 1e-3
   config.log_every_steps = 25
-  config.eval_every_steps = 100 if mode == "val" else 300  # Test is read once, after the last step.
+  config.eval_every_steps = 100 if validating else 300  # Test is read once, after the last step.
   config.checkpoint_every_steps = 300
 
   config.model.num_classes = 3
@@ -63,9 +68,10 @@ def get_config(mode: str = "test") -> ml_collections.ConfigDict:
   folder.images = "images"
   folder.masks = "annotations/trimaps"
   folder.mask_value_map = "1:0,2:1,3:2"
-  if mode == "val":  # Absolute paths: the folder source joins them to root, which keeps them as they are.
-    folder.train_list = str(SPLIT_DIR / "train.txt")
-    folder.test_list = str(SPLIT_DIR / "val.txt")
+  if validating:  # Absolute paths: the folder source joins them to root, which keeps them as they are.
+    fold_dir = SPLIT_DIR / f"fold{VAL_MODES[mode]}"
+    folder.train_list = str(fold_dir / "train.txt")
+    folder.test_list = str(fold_dir / "val.txt")
   else:
     folder.train_list = "annotations/trainval.txt"
     folder.test_list = "annotations/test.txt"

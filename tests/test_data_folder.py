@@ -237,6 +237,11 @@ def test_membrane_config_reads_grayscale_em_slices(shared_dir):
   assert set(np.unique(masks)) == {0, 1} and 0.1 < masks.mean() < 0.35  # Membrane (class 1) is about 22%.
 
 
+def _list_names(path: pathlib.Path) -> set[str]:
+  """A split list's first column (the official lists add class ids)."""
+  return {line.split()[0] for line in path.read_text().splitlines() if line.strip()}
+
+
 @pytest.mark.parametrize("name", ["pets_sample", "pets_best"])
 def test_quality_configs_train_and_evaluate_on_the_protocol_splits(shared_dir, name):
   """Issue 7's protocol: the official trainval (300) / test (298) lists, or a 240 / 60 split of trainval that
@@ -245,14 +250,28 @@ def test_quality_configs_train_and_evaluate_on_the_protocol_splits(shared_dir, n
   test, val = module.get_config("test"), module.get_config("val")
   assert (data.num_examples(test.data, "train"), data.num_examples(test.data, "test")) == (300, 298)
   assert (data.num_examples(val.data, "train"), data.num_examples(val.data, "test")) == (240, 60)
-  def names(path: pathlib.Path) -> set[str]:  # A list's first column (the official lists add class ids).
-    return {line.split()[0] for line in path.read_text().splitlines() if line.strip()}
-
-  trainval = names(pathlib.Path(test.data.folder.root) / test.data.folder.train_list)
-  val_train, val_held_out = (names(pathlib.Path(path)) for path in (val.data.folder.train_list,
-                                                                     val.data.folder.test_list))
+  trainval = _list_names(pathlib.Path(test.data.folder.root) / test.data.folder.train_list)
+  val_train, val_held_out = (_list_names(pathlib.Path(path)) for path in (val.data.folder.train_list,
+                                                                           val.data.folder.test_list))
   assert val_train | val_held_out <= trainval and not val_train & val_held_out
   assert {name.rsplit("_", 1)[0] for name in val_held_out} == {name.rsplit("_", 1)[0] for name in trainval}
   assert val.eval_every_steps < val.num_train_steps == test.num_train_steps  # Validation curves; test read once.
   with pytest.raises(ValueError, match="unknown mode 'tset'"):
     module.get_config("tset")
+
+
+@pytest.mark.parametrize("name", ["pets_sample", "pets_best"])
+def test_quality_configs_validation_folds_are_disjoint_and_cover_trainval(shared_dir, name):
+  """:val0..:val4 hold out five disjoint 60-image fifths of trainval, each trained on the other 240; :val is :val0."""
+  module = load_config(name)
+  trainval = _list_names(pathlib.Path(module.get_config("test").data.folder.root) / "annotations/trainval.txt")
+  held_out = []
+  for fold in range(5):
+    folder = module.get_config(f"val{fold}").data.folder
+    train, val = _list_names(pathlib.Path(folder.train_list)), _list_names(pathlib.Path(folder.test_list))
+    assert len(val) == 60 and train == trainval - val
+    held_out.append(val)
+  assert set().union(*held_out) == trainval and sum(map(len, held_out)) == len(trainval)
+  assert module.get_config("val").data.folder.to_dict() == module.get_config("val0").data.folder.to_dict()
+  with pytest.raises(ValueError, match="unknown mode 'val5'"):
+    module.get_config("val5")
