@@ -33,7 +33,7 @@ from unet_jax import default_config
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
 SPLIT_DIR = REPO_ROOT / "configs" / "pets_sample_split"
-NUM_FOLDS = 5  # bench/quality_split.py's.
+NUM_FOLDS = len(list(SPLIT_DIR.glob("fold*")))  # As many as bench/quality_split.py wrote.
 VAL_MODES = {"val": 0} | {f"val{fold}": fold for fold in range(NUM_FOLDS)}
 MODES = ("test", *VAL_MODES)
 
