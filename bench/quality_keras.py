@@ -2,6 +2,7 @@
 beside the JAX runs instead of quoted.
 
   python bench/quality_keras.py --config configs/pets_sample.py --config.seed=0
+  python bench/quality_keras.py --config configs/pets_sample.py --config.seed=0 --pipeline=tutorial
 
 Shared with `python -m unet_jax.train --config configs/pets_sample.py --config.seed=N`: the batches
 (`unet_jax.data.train_batches` for the seed: the same shuffles and flips, in the same order), the eval split and the
@@ -9,9 +10,17 @@ metrics (one confusion matrix over every eval pixel). Keras' own: the model (ben
 the config's ImageNet .h5 in the frozen down stack, the rest initialised after `keras.utils.set_random_seed(seed)`),
 the tutorial's `compile(optimizer=Adam, loss=SparseCategoricalCrossentropy(from_logits=True))` and its train loop
 (`train_on_batch`). So a JAX/Keras difference over seeds is the frameworks', not the data's.
+
+`--pipeline=tutorial` trains instead on the tutorial's own input pipeline, verbatim but for the file reading: the
+config's train files decoded the way tfds decodes them (`tf.io.decode_image`, TF's JPEG decoder rather than
+Pillow's), its `load_image`, `.cache().shuffle(1000).batch(16).repeat()` (a partial batch ends every epoch),
+its `Augment` layer (two `RandomFlip(seed=42)`); the shuffles follow the seed through
+`keras.utils.set_random_seed`, and the steps are `train_on_batch` as above (what the tutorial's `model.fit` runs). It tells whether the tutorial's pipeline, rather than its model, explains a
+reference that unet_jax's batches do not reach. Eval and metrics are shared as above.
 Prints one JSON line: the eval metrics, steps and wall time.
 """
 
+import functools
 import json
 import time
 
@@ -21,8 +30,12 @@ import numpy as np
 
 from keras_tutorial import keras_tutorial_unet  # bench/ is this script's directory, so on sys.path.
 from unet_jax import data, metrics
+from unet_jax.data import folder
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A tutorial-recipe config, e.g. configs/pets_sample.py.")
+_PIPELINE = flags.DEFINE_enum("pipeline", "unet_jax", ["unet_jax", "tutorial"],
+                              "unet_jax: train on unet_jax.data.train_batches; tutorial: on the TF tutorial's "
+                              "tf.data pipeline over the same files.")
 
 
 def check_tutorial_recipe(config) -> None:
@@ -30,11 +43,44 @@ def check_tutorial_recipe(config) -> None:
   recipe = {"optimizer": config.optimizer == "adam", "lr_schedule": config.lr_schedule == "constant",
             "model.freeze_encoder": config.model.freeze_encoder, "unfreeze_at_step": config.unfreeze_at_step <= 0,
             "dice_weight": not config.dice_weight, "class_weights": not len(config.class_weights),
-            "eval_flip_average": not config.eval_flip_average}
+            "eval_flip_average": not config.eval_flip_average,
+            "data.folder.mask_value_map": config.data.folder.mask_value_map == "1:0,2:1,3:2"}  # Trimaps - 1.
   if not all(recipe.values()):
     raise app.UsageError(f"{[name for name, ok in recipe.items() if not ok]} differ from the tutorial's recipe "
                          "(constant Adam, frozen encoder, cross-entropy, no test-time flips); use "
                          "configs/pets_sample.py without those overrides.")
+
+
+def tutorial_train_batches(keras, config):
+  """The TF tutorial's `train_batches` over the config's train files: (image, mask) batches, forever."""
+  import tensorflow as tf
+
+  size = config.data.image_size
+  pairs = folder.split_pairs(config.data, config.data.train_split)
+
+  def read(image_path: tf.Tensor, mask_path: tf.Tensor) -> dict[str, tf.Tensor]:  # What tfds' Image feature does.
+    decode = functools.partial(tf.io.decode_image, expand_animations=False)
+    return {"image": decode(tf.io.read_file(image_path), channels=3),
+            "segmentation_mask": decode(tf.io.read_file(mask_path), channels=1)}
+
+  def load_image(datapoint: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:  # The tutorial's, trimaps -1.
+    input_image = tf.image.resize(datapoint["image"], (size, size))
+    input_mask = tf.image.resize(datapoint["segmentation_mask"], (size, size), method="nearest")
+    return data.normalize_image(input_image, config.data.normalization), input_mask - 1
+
+  class Augment(keras.layers.Layer):  # The tutorial's: "both use the same seed, so they'll make the same changes".
+    def __init__(self, seed: int = 42):
+      super().__init__()
+      self.augment_inputs = keras.layers.RandomFlip(mode="horizontal", seed=seed)
+      self.augment_labels = keras.layers.RandomFlip(mode="horizontal", seed=seed)
+
+    def call(self, inputs, labels):
+      return self.augment_inputs(inputs), self.augment_labels(labels)
+
+  files = tf.data.Dataset.from_tensor_slices(([p.image for p in pairs], [p.mask for p in pairs]))
+  train_images = files.map(read).map(load_image, num_parallel_calls=tf.data.AUTOTUNE)
+  return (train_images.cache().shuffle(config.data.shuffle_buffer).batch(config.batch_size).repeat()
+          .map(Augment()).prefetch(buffer_size=tf.data.AUTOTUNE))
 
 
 def main(argv: list[str]) -> None:
@@ -42,11 +88,13 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
   config = _CONFIG.value
   check_tutorial_recipe(config)
-  # Built before Keras sets TF's global seed, which would change how tf.data seeds the shuffles.
-  batches = data.train_batches(config.data, global_batch_size=config.batch_size, seed=config.seed)
+  if _PIPELINE.value == "unet_jax":  # Built before Keras sets TF's global seed, which would change its shuffles.
+    batches = data.train_batches(config.data, global_batch_size=config.batch_size, seed=config.seed)
   import tf_keras as keras  # After the flags: TensorFlow's import is slow and noisy.
 
   keras.utils.set_random_seed(config.seed)
+  if _PIPELINE.value == "tutorial":
+    batches = ({"image": image, "mask": mask} for image, mask in tutorial_train_batches(keras, config))
   model, down_stack = keras_tutorial_unet(keras, config.data.image_size, config.model.num_classes,
                                           encoder_weights=config.model.pretrained)
   down_stack.trainable = False  # The tutorial's; Keras then runs the encoder's BatchNorm in inference mode.
@@ -60,7 +108,7 @@ def main(argv: list[str]) -> None:
     predictions = model.predict_on_batch(batch["image"]).argmax(-1)
     confusion += np.asarray(metrics.confusion_matrix(batch["mask"], predictions, config.model.num_classes,
                                                      batch["weight"]))
-  print(json.dumps({"framework": "keras", "keras": keras.__version__, "seed": config.seed,
+  print(json.dumps({"framework": "keras", "keras": keras.__version__, "pipeline": _PIPELINE.value, "seed": config.seed,
                     "steps": config.num_train_steps, "eval_split": config.data.eval_split,
                     "final_train_loss": round(float(train_loss), 4), "wall_s": round(time.time() - start),
                     **metrics.segmentation_metrics(confusion)}), flush=True)
