@@ -20,7 +20,6 @@ reference that unet_jax's batches do not reach. Eval and metrics are shared as a
 Prints one JSON line: the eval metrics, steps and wall time.
 """
 
-import functools
 import json
 import time
 
@@ -28,14 +27,21 @@ from absl import app, flags
 from ml_collections import config_flags
 import numpy as np
 
-from keras_tutorial import keras_tutorial_unet  # bench/ is this script's directory, so on sys.path.
+from keras_tutorial import keras_tutorial_unet, tutorial_train_batches  # bench/ is on sys.path: the script's.
 from unet_jax import data, metrics
-from unet_jax.data import folder
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A tutorial-recipe config, e.g. configs/pets_sample.py.")
 _PIPELINE = flags.DEFINE_enum("pipeline", "unet_jax", ["unet_jax", "tutorial"],
                               "unet_jax: train on unet_jax.data.train_batches; tutorial: on the TF tutorial's "
                               "tf.data pipeline over the same files.")
+_TUTORIAL_DECODER = flags.DEFINE_enum("tutorial_decoder", "tf", ["tf", "pillow"],
+                                      "--pipeline=tutorial: decode the files as tfds does (tf) or as unet_jax's "
+                                      "folder source does (pillow); to tell the pipeline's parts apart.")
+_TUTORIAL_DROP_REMAINDER = flags.DEFINE_bool("tutorial_drop_remainder", False,
+                                             "--pipeline=tutorial: drop each epoch's partial batch, as unet_jax does.")
+_TUTORIAL_AS_NUMPY = flags.DEFINE_bool("tutorial_as_numpy", False,
+                                       "--pipeline=tutorial: hand Keras numpy batches with int32 [B, H, W] masks, "
+                                       "the format of unet_jax's batches, instead of tensors with float [B, H, W, 1].")
 
 
 def check_tutorial_recipe(config) -> None:
@@ -51,38 +57,6 @@ def check_tutorial_recipe(config) -> None:
                          "configs/pets_sample.py without those overrides.")
 
 
-def tutorial_train_batches(keras, config):
-  """The TF tutorial's `train_batches` over the config's train files: (image, mask) batches, forever."""
-  import tensorflow as tf
-
-  size = config.data.image_size
-  pairs = folder.split_pairs(config.data, config.data.train_split)
-
-  def read(image_path: tf.Tensor, mask_path: tf.Tensor) -> dict[str, tf.Tensor]:  # What tfds' Image feature does.
-    decode = functools.partial(tf.io.decode_image, expand_animations=False)
-    return {"image": decode(tf.io.read_file(image_path), channels=3),
-            "segmentation_mask": decode(tf.io.read_file(mask_path), channels=1)}
-
-  def load_image(datapoint: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:  # The tutorial's, trimaps -1.
-    input_image = tf.image.resize(datapoint["image"], (size, size))
-    input_mask = tf.image.resize(datapoint["segmentation_mask"], (size, size), method="nearest")
-    return data.normalize_image(input_image, config.data.normalization), input_mask - 1
-
-  class Augment(keras.layers.Layer):  # The tutorial's: "both use the same seed, so they'll make the same changes".
-    def __init__(self, seed: int = 42):
-      super().__init__()
-      self.augment_inputs = keras.layers.RandomFlip(mode="horizontal", seed=seed)
-      self.augment_labels = keras.layers.RandomFlip(mode="horizontal", seed=seed)
-
-    def call(self, inputs, labels):
-      return self.augment_inputs(inputs), self.augment_labels(labels)
-
-  files = tf.data.Dataset.from_tensor_slices(([p.image for p in pairs], [p.mask for p in pairs]))
-  train_images = files.map(read).map(load_image, num_parallel_calls=tf.data.AUTOTUNE)
-  return (train_images.cache().shuffle(config.data.shuffle_buffer).batch(config.batch_size).repeat()
-          .map(Augment()).prefetch(buffer_size=tf.data.AUTOTUNE))
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
@@ -94,7 +68,12 @@ def main(argv: list[str]) -> None:
 
   keras.utils.set_random_seed(config.seed)
   if _PIPELINE.value == "tutorial":
-    batches = ({"image": image, "mask": mask} for image, mask in tutorial_train_batches(keras, config))
+    stream = tutorial_train_batches(keras, config, decoder=_TUTORIAL_DECODER.value,
+                                    drop_remainder=_TUTORIAL_DROP_REMAINDER.value)
+    if _TUTORIAL_AS_NUMPY.value:
+      batches = ({"image": image.numpy(), "mask": mask.numpy()[..., 0].astype(np.int32)} for image, mask in stream)
+    else:
+      batches = ({"image": image, "mask": mask} for image, mask in stream)
   model, down_stack = keras_tutorial_unet(keras, config.data.image_size, config.model.num_classes,
                                           encoder_weights=config.model.pretrained)
   down_stack.trainable = False  # The tutorial's; Keras then runs the encoder's BatchNorm in inference mode.
@@ -108,7 +87,11 @@ def main(argv: list[str]) -> None:
     predictions = model.predict_on_batch(batch["image"]).argmax(-1)
     confusion += np.asarray(metrics.confusion_matrix(batch["mask"], predictions, config.model.num_classes,
                                                      batch["weight"]))
-  print(json.dumps({"framework": "keras", "keras": keras.__version__, "pipeline": _PIPELINE.value, "seed": config.seed,
+  pipeline = _PIPELINE.value
+  if pipeline == "tutorial":
+    pipeline += (f"_{_TUTORIAL_DECODER.value}" + ("_drop_remainder" if _TUTORIAL_DROP_REMAINDER.value else "")
+                 + ("_numpy" if _TUTORIAL_AS_NUMPY.value else ""))
+  print(json.dumps({"framework": "keras", "keras": keras.__version__, "pipeline": pipeline, "seed": config.seed,
                     "steps": config.num_train_steps, "eval_split": config.data.eval_split,
                     "final_train_loss": round(float(train_loss), 4), "wall_s": round(time.time() - start),
                     **metrics.segmentation_metrics(confusion)}), flush=True)
