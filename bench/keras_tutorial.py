@@ -1,8 +1,10 @@
 """The TF segmentation tutorial's model and input stream in Keras: the reference bench/ measures unet_jax against."""
 
+from collections.abc import Iterable, Iterator
 import functools
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from unet_jax import data
@@ -74,3 +76,9 @@ def tutorial_train_batches(keras, config, *, decoder: str = "tf", drop_remainder
   return (train_images.cache().shuffle(config.data.shuffle_buffer)
           .batch(config.batch_size, drop_remainder=drop_remainder).repeat()
           .map(Augment()).prefetch(buffer_size=tf.data.AUTOTUNE))
+
+
+def as_numpy_batches(stream: Iterable[tuple[tf.Tensor, tf.Tensor]]) -> Iterator[dict[str, np.ndarray]]:
+  """The tutorial's (image, float mask [B, S, S, 1]) batches in unet_jax's format: numpy, int32 [B, S, S] masks."""
+  for image, mask in stream:
+    yield {"image": image.numpy(), "mask": mask.numpy()[..., 0].astype(np.int32)}

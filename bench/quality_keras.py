@@ -15,8 +15,9 @@ the tutorial's `compile(optimizer=Adam, loss=SparseCategoricalCrossentropy(from_
 config's train files decoded the way tfds decodes them (`tf.io.decode_image`, TF's JPEG decoder rather than
 Pillow's), its `load_image`, `.cache().shuffle(1000).batch(16).repeat()` (a partial batch ends every epoch),
 its `Augment` layer (two `RandomFlip(seed=42)`); the shuffles follow the seed through
-`keras.utils.set_random_seed`, and the steps are `train_on_batch` as above (what the tutorial's `model.fit` runs). It tells whether the tutorial's pipeline, rather than its model, explains a
-reference that unet_jax's batches do not reach. Eval and metrics are shared as above.
+`keras.utils.set_random_seed`, and the steps are `train_on_batch` as above (what the tutorial's `model.fit` runs).
+It tells whether the tutorial's pipeline, rather than its model, explains a reference that unet_jax's batches do not
+reach; `--tutorial_*` switch its parts to unet_jax's one at a time. Eval and metrics are shared as above.
 Prints one JSON line: the eval metrics, steps and wall time.
 """
 
@@ -27,7 +28,7 @@ from absl import app, flags
 from ml_collections import config_flags
 import numpy as np
 
-from keras_tutorial import keras_tutorial_unet, tutorial_train_batches  # bench/ is on sys.path: the script's.
+from keras_tutorial import as_numpy_batches, keras_tutorial_unet, tutorial_train_batches  # bench/: on sys.path.
 from unet_jax import data, metrics
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A tutorial-recipe config, e.g. configs/pets_sample.py.")
@@ -71,7 +72,7 @@ def main(argv: list[str]) -> None:
     stream = tutorial_train_batches(keras, config, decoder=_TUTORIAL_DECODER.value,
                                     drop_remainder=_TUTORIAL_DROP_REMAINDER.value)
     if _TUTORIAL_AS_NUMPY.value:
-      batches = ({"image": image.numpy(), "mask": mask.numpy()[..., 0].astype(np.int32)} for image, mask in stream)
+      batches = as_numpy_batches(stream)
     else:
       batches = ({"image": image, "mask": mask} for image, mask in stream)
   model, down_stack = keras_tutorial_unet(keras, config.data.image_size, config.model.num_classes,
