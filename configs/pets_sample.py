@@ -20,7 +20,7 @@ seeds 0-6: 0.690 +- 0.014; border IoU 0.435). The TF tutorial's own Keras model,
 (bench/quality_keras.py), averages 0.874 / 0.689 +- 0.010 over the same seeds; issue 7 quotes it at 0.881 / 0.705.
 That figure comes from the tutorial's own input stream (tfds decoding, a partial batch ending every epoch): on it
 Keras averages 0.708 and unet_jax's model and train step 0.710 (bench/quality_tutorial_stream.py); unet_jax.data's
-stream does not reproduce it yet.
+stream, which drops each epoch's partial batch, does not reproduce it yet.
 
 Run from the repository root (paths to ../shared are resolved from this file, not the working directory):
   python -m unet_jax.train --config configs/pets_sample.py --workdir runs/pets_sample --config.seed=0
