@@ -1,5 +1,6 @@
 """The offline `synthetic_pets` tfds builder: built for real (tiny config), same features as oxford_iiit_pet."""
 
+import errno
 import socket
 import subprocess
 import sys
@@ -73,6 +74,25 @@ def test_processes_that_build_it_at_once_all_get_it(tmp_path):
     assert process.returncode == 0, stderr[-3000:]
     assert stdout.split()[-1] == "64"
   assert [path.name for path in (tmp_path / "tfds" / "synthetic_pets" / "tiny").iterdir()] == ["1.0.0"]
+
+
+def test_losing_the_race_with_directory_not_empty_uses_the_winners_copy(tmp_path, monkeypatch):
+  """Which error the loser's final rename raises depends on timing: FileExistsError, or OSError ENOTEMPTY."""
+  config = default_config.get_config().data
+  config.name, config.data_dir = "synthetic_pets/tiny", str(tmp_path)
+  assert data.num_examples(config, "train") == 64  # The winner prepares it.
+  first_look = iter([False])  # The loser checked before the winner finished.
+  is_prepared = tfds.core.DatasetBuilder.is_prepared
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: next(first_look, is_prepared(self)))
+
+  def lose(self, **kwargs):
+    raise OSError(errno.ENOTEMPTY, "Directory not empty", str(tmp_path))
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", lose)
+  assert data.num_examples(config, "test") == 24
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: False)  # Nobody won: the error stands.
+  with pytest.raises(OSError, match="Directory not empty"):
+    data.num_examples(config, "test")
 
 
 def test_each_example_is_a_pure_function_of_its_seed():

@@ -23,7 +23,8 @@ def _builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder
   if builder.name == OFFLINE_DATASET:
     try:
       builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    except FileExistsError:  # Another process (a pytest worker, a host) finished preparing it first: use theirs.
+    except OSError:  # Another process (a pytest worker, a host) finished preparing it first, so moving this
+      # process's copy onto theirs failed (EEXIST or ENOTEMPTY, by timing): use theirs.
       builder = tfds.builder(data_config.name, data_dir=data_config.data_dir or None)
       if not builder.is_prepared():
         raise
