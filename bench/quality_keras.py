@@ -63,6 +63,10 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
   config = _CONFIG.value
   check_tutorial_recipe(config)
+  tutorial_switches = [flag.name for flag in (_TUTORIAL_DECODER, _TUTORIAL_DROP_REMAINDER, _TUTORIAL_AS_NUMPY)
+                       if flags.FLAGS[flag.name].present]
+  if tutorial_switches and _PIPELINE.value != "tutorial":
+    raise app.UsageError(f"--{', --'.join(tutorial_switches)} only apply to --pipeline=tutorial.")
   if _PIPELINE.value == "unet_jax":  # Built before Keras sets TF's global seed, which would change its shuffles.
     batches = data.train_batches(config.data, global_batch_size=config.batch_size, seed=config.seed)
   import tf_keras as keras  # After the flags: TensorFlow's import is slow and noisy.
