@@ -79,6 +79,8 @@ def tutorial_train_batches(keras, config, *, decoder: str = "tf", drop_remainder
 
 
 def as_numpy_batches(stream: Iterable[tuple[tf.Tensor, tf.Tensor]]) -> Iterator[dict[str, np.ndarray]]:
-  """The tutorial's (image, float mask [B, S, S, 1]) batches in unet_jax's format: numpy, int32 [B, S, S] masks."""
+  """The tutorial's (image, float mask [B, S, S, 1]) batches in unet_jax's format: numpy, int32 [B, S, S] masks, and
+  every row real (weight 1; a partial batch stays short)."""
   for image, mask in stream:
-    yield {"image": image.numpy(), "mask": mask.numpy()[..., 0].astype(np.int32)}
+    yield {"image": image.numpy(), "mask": mask.numpy()[..., 0].astype(np.int32),
+           "weight": np.ones(len(image), np.float32)}

@@ -58,6 +58,13 @@ def check_tutorial_recipe(config) -> None:
                          "configs/pets_sample.py without those overrides.")
 
 
+def _real_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """unet_jax pads an epoch's partial batch (data.drop_remainder=False) with weight-0 rows; Keras gets it short, as
+  the tutorial's `.batch()` makes it."""
+  real = batch["weight"] > 0
+  return {"image": batch["image"][real], "mask": batch["mask"][real]}
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
@@ -68,7 +75,7 @@ def main(argv: list[str]) -> None:
   if tutorial_switches and _PIPELINE.value != "tutorial":
     raise app.UsageError(f"--{', --'.join(tutorial_switches)} only apply to --pipeline=tutorial.")
   if _PIPELINE.value == "unet_jax":  # Built before Keras sets TF's global seed, which would change its shuffles.
-    batches = data.train_batches(config.data, global_batch_size=config.batch_size, seed=config.seed)
+    batches = map(_real_rows, data.train_batches(config.data, global_batch_size=config.batch_size, seed=config.seed))
   import tf_keras as keras  # After the flags: TensorFlow's import is slow and noisy.
 
   keras.utils.set_random_seed(config.seed)

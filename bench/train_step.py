@@ -102,7 +102,8 @@ def jax_figure(mode: str, batch_size: int) -> dict[str, Any]:
   size = _IMAGE_SIZE.value
   batch = jax.device_put({
       "image": rng.uniform(-1, 1, (batch_size, size, size, 3)).astype(np.float32),
-      "mask": rng.integers(0, config.model.num_classes, (batch_size, size, size)).astype(np.int32)})
+      "mask": rng.integers(0, config.model.num_classes, (batch_size, size, size)).astype(np.int32),
+      "weight": np.ones(batch_size, np.float32)})
 
   if mode == "inference":
     step = jax.jit(lambda state, images: model.apply(

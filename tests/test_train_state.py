@@ -95,3 +95,24 @@ def test_bfloat16_train_step_keeps_float32_parameters_and_loss():
   state, step_metrics = jax.eval_shape(train.make_train_fn(config, model, txs[False], mesh), state, batch)
   assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {np.dtype(np.float32)}
   assert step_metrics["loss"].dtype == np.float32
+
+
+def test_padding_rows_change_nothing_a_batch_of_the_real_rows_alone_would_not():
+  """An epoch's partial batch, padded to the batch size with weight-0 rows (data.drop_remainder=False), trains as
+  the real rows alone do: padding enters neither the loss nor BatchNorm's batch statistics (the encoder's too, when
+  it trains from scratch), however extreme its pixels."""
+  config = train_testlib.tiny_config("", {"model.freeze_encoder": False, "data.image_size": 32})
+  model, txs = _tiny_model_and_optimizers(config)
+  state = jax.jit(train.make_init_fn(config, model, txs[False]))()
+  rng = np.random.default_rng(0)
+  real = {"image": rng.uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32),
+          "mask": rng.integers(0, 3, (3, 32, 32)).astype(np.int32), "weight": np.ones(3, np.float32)}
+  padded = {"image": np.concatenate([real["image"], np.full((5, 32, 32, 3), 50.0, np.float32)]),
+            "mask": np.concatenate([real["mask"], np.full((5, 32, 32), 2, np.int32)]),
+            "weight": np.concatenate([real["weight"], np.zeros(5, np.float32)])}
+  step = jax.jit(functools.partial(train.train_step, model=model, tx=txs[False], class_weights=(), dice_weight=0.0))
+  (from_real, real_metrics), (from_padded, padded_metrics) = step(state, real), step(state, padded)
+  assert any(_changed(state.batch_stats[train_state.ENCODER], from_real.batch_stats[train_state.ENCODER]))
+  for ours, theirs in ((from_padded.params, from_real.params), (from_padded.batch_stats, from_real.batch_stats),
+                       (padded_metrics, real_metrics)):
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=2e-5, atol=2e-6), ours, theirs)

@@ -72,6 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.train_split = "train"
   config.data.eval_split = "test"
   config.data.shuffle_buffer = 1000
+  # True: each epoch's last partial batch is dropped (every step a full batch). False: it is kept, as the TF tutorial's
+  # `.batch()` keeps it, padded with weight-0 rows (every example every epoch; epochs one step longer).
+  config.data.drop_remainder = True
   config.data.cache = True
   config.data.augment = ml_collections.ConfigDict()
   config.data.augment.flip = True  # Random horizontal flip, the same for image and mask.

@@ -33,19 +33,26 @@ from unet_jax.train_state import TrainState
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx: optax.GradientTransformation,
                class_weights: tuple[float, ...], dice_weight: float) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on the batch's real examples: rows of weight 0 (the padding of an epoch's partial batch)
+  enter neither the loss nor BatchNorm's batch statistics."""
   dropout_rng = jax.random.fold_in(state.rng, state.step)
+  weight = batch["weight"]
+
+  def weighted_mean(values: jax.Array) -> jax.Array:
+    return (values * weight).sum() / weight.sum()
 
   def loss_fn(params):
     logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-                                  mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+                                  real_examples=weight > 0, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
     loss = losses.segmentation_loss(logits, batch["mask"], class_weights=class_weights, dice_weight=dice_weight)
-    return loss.mean(), (logits, updates["batch_stats"])
+    return weighted_mean(loss), (logits, updates["batch_stats"])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                         batch_stats=batch_stats, opt_state=opt_state)
-  return state, {"loss": loss, "pixel_accuracy": (logits.argmax(-1) == batch["mask"]).mean()}
+  pixel_accuracy = weighted_mean((logits.argmax(-1) == batch["mask"]).mean(axis=(1, 2)))
+  return state, {"loss": loss, "pixel_accuracy": pixel_accuracy}
 
 
 def _logits(state: TrainState, images: jax.Array, model, flip_average: bool, scales: tuple[float, ...]) -> jax.Array:
@@ -163,7 +170,7 @@ def _check_finite(step_metrics: list[tuple[int, dict[str, np.ndarray]]], manager
 
 def _derived_steps(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
   """num_train_steps, log, eval and checkpoint intervals with the -1 ("derive it") defaults resolved."""
-  steps_per_epoch = max(data.num_examples(config.data, config.data.train_split) // config.batch_size, 1)
+  steps_per_epoch = data.steps_per_epoch(config.data, global_batch_size=config.batch_size)
   num_train_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
   eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
   checkpoint_every = config.checkpoint_every_steps if config.checkpoint_every_steps > 0 else steps_per_epoch

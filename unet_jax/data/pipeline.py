@@ -5,10 +5,15 @@ neighbour to `image_size`, class ids {0 object, 1 background, 2 border}. The ima
 config says: "minus_one_to_one" (x / 127.5 - 1, what the ImageNet MobileNetV2 encoder was trained with; the
 default) or "zero_to_one" (x / 255, the tutorial's choice, a known mismatch with that encoder).
 
-Train: cache -> per epoch (shuffle with the epoch's seed -> batch, drop_remainder) -> augment -> prefetch. Each
-epoch's shuffle is seeded by (seed, epoch) and each batch's augmentation by (seed, step, process): step k of the
-stream is a pure function of (seed, k), so a run resumed at step k skips straight to k's epoch and sees exactly
-the batches an uninterrupted run sees. Augmentation runs after the cache, so every epoch gets new flips.
+Train: cache -> per epoch (shuffle with the epoch's seed -> batch) -> augment -> prefetch. Each epoch's shuffle is
+seeded by (seed, epoch) and each batch's augmentation by (seed, step, process): step k of the stream is a pure
+function of (seed, k), so a run resumed at step k skips straight to k's epoch and sees exactly the batches an
+uninterrupted run sees. Augmentation runs after the cache, so every epoch gets new flips. With `drop_remainder`
+each epoch's last partial batch is dropped; without, it is kept as the tutorial's `.batch()` keeps it, padded to
+the batch size with rows of weight 0 (shapes stay static, so nothing recompiles) that the train step leaves out of
+the loss and of BatchNorm's statistics.
+
+Every batch, train and eval, carries "weight": float32 [B], 1.0 for a real example and 0.0 for padding.
 
 Multi-host: each process reads its own contiguous part of the split and yields its slice of every global batch.
 """
@@ -81,6 +86,38 @@ def _open_shard(data_config: ml_collections.ConfigDict, split: str, process_inde
   return _source(data_config).open_shard(data_config, split, process_index, process_count)
 
 
+def steps_per_epoch(data_config: ml_collections.ConfigDict, *, global_batch_size: int,
+                    process_count: int | None = None) -> int:
+  """Train steps in one pass over `train_split`: what `train_batches` yields per epoch."""
+  _, process_count = _processes(0, process_count)
+  shard = _open_shard(data_config, data_config.train_split, 0, process_count)
+  return _steps_per_epoch(data_config, shard.shard_sizes, global_batch_size)
+
+
+def _steps_per_epoch(data_config: ml_collections.ConfigDict, shard_sizes: tuple[int, ...],
+                     global_batch_size: int) -> int:
+  """The same on every process: the smallest shard decides when the remainder is dropped (every step full), the
+  largest when it is kept (every example seen, the smaller shards padded)."""
+  local_batch_size = _local_batch_size(global_batch_size, len(shard_sizes))
+  if not data_config.drop_remainder:
+    return -(-max(shard_sizes) // local_batch_size)
+  steps = min(shard_sizes) // local_batch_size
+  if steps == 0:
+    raise ValueError(
+        f"the train split {data_config.train_split!r} has {sum(shard_sizes)} examples ({min(shard_sizes)} on the "
+        f"smallest of {len(shard_sizes)} process shards), fewer than one batch of {global_batch_size} "
+        f"({local_batch_size} per process); lower --config.batch_size, or set --config.data.drop_remainder=False.")
+  return steps
+
+
+def _with_padding(examples: tf.data.Dataset, total: int, image_size: int, mask_size: int) -> tf.data.Dataset:
+  """`examples` with "weight" 1.0, then rows of weight 0.0 (zero image and mask) up to `total` rows."""
+  padding = tf.data.Dataset.from_tensors({"image": tf.zeros([image_size, image_size, 3]),
+                                          "mask": tf.zeros([mask_size, mask_size], tf.uint8),
+                                          "weight": tf.constant(0.0)}).repeat()
+  return examples.map(lambda ex: {**ex, "weight": tf.constant(1.0)}).concatenate(padding).take(total)
+
+
 def resize_image(image, image_size: int) -> tf.Tensor:
   """uint8 [..., H, W, 3] -> float32 [..., S, S, 3], still 0..255: bilinear, as the tutorial (and the eval stream)."""
   return tf.image.resize(image, [image_size, image_size])
@@ -144,22 +181,16 @@ def _augment(batch: dict[str, tf.Tensor], key: tf.Tensor, augment: ml_collection
     mask = tf.where(flip[:, None, None], tf.reverse(mask, axis=[2]), mask)
   if augment.color:
     image = _random_brightness_contrast(image, colour_key, augment.brightness, augment.contrast)
-  return {"image": image, "mask": mask}
+  return {**batch, "image": image, "mask": mask}
 
 
 def _train_dataset(data_config: ml_collections.ConfigDict, global_batch_size: int, seed: int, start_step: int,
                    process_index: int, process_count: int) -> tf.data.Dataset:
   local_batch_size = _local_batch_size(global_batch_size, process_count)
   shard = _open_shard(data_config, data_config.train_split, process_index, process_count)
-  # The smallest shard decides, so that every process takes the same number of steps per epoch.
-  steps_per_epoch = min(shard.shard_sizes) // local_batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(
-        f"the train split {data_config.train_split!r} has {sum(shard.shard_sizes)} examples "
-        f"({min(shard.shard_sizes)} on the smallest of {process_count} process shards), fewer than one batch of "
-        f"{global_batch_size} ({local_batch_size} per process); lower --config.batch_size.")
-  examples = shard.examples.map(functools.partial(_resize, image_size=data_config.image_size),
-                                num_parallel_calls=tf.data.AUTOTUNE)
+  steps_per_epoch = _steps_per_epoch(data_config, shard.shard_sizes, global_batch_size)
+  size = data_config.image_size
+  examples = shard.examples.map(functools.partial(_resize, image_size=size), num_parallel_calls=tf.data.AUTOTUNE)
   if data_config.cache:
     examples = examples.cache()
 
@@ -167,8 +198,8 @@ def _train_dataset(data_config: ml_collections.ConfigDict, global_batch_size: in
     # A full-range int64 drawn from (seed, epoch): a different, reproducible order every epoch.
     epoch_seed = tf.random.stateless_uniform([], tf.stack([tf.constant(seed, tf.int64), epoch]), None, None,
                                              dtype=tf.int64)
-    return (examples.shuffle(data_config.shuffle_buffer, seed=epoch_seed)
-            .batch(local_batch_size, drop_remainder=True).take(steps_per_epoch))
+    shuffled = examples.shuffle(data_config.shuffle_buffer, seed=epoch_seed)
+    return _with_padding(shuffled, steps_per_epoch * local_batch_size, size, size).batch(local_batch_size)
 
   first_epoch, steps_into_epoch = divmod(start_step, steps_per_epoch)
   batches = tf.data.Dataset.range(first_epoch, _FOREVER).flat_map(epoch_batches).skip(steps_into_epoch)
@@ -183,9 +214,11 @@ def _train_dataset(data_config: ml_collections.ConfigDict, global_batch_size: in
 
 def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: int, seed: int, start_step: int = 0,
                   process_index: int | None = None, process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """This process's slice of every global batch, forever: {"image": float32 [B, S, S, 3], "mask": int32 [B, S, S]}.
+  """This process's slice of every global batch, forever: {"image": float32 [B, S, S, 3], "mask": int32 [B, S, S],
+  "weight": float32 [B]}.
 
-  Epochs are `num_examples(train_split) // global_batch_size` steps long (the remainder is dropped).
+  An epoch is `steps_per_epoch` steps: with `data.drop_remainder` the partial batch is dropped; without, it is padded
+  with weight-0 rows.
   """
   _check_config(data_config)
   process_index, process_count = _processes(process_index, process_count)
@@ -207,14 +240,11 @@ def _eval_dataset(data_config_json: str, global_batch_size: int, split: str, pro
                                 num_parallel_calls=tf.data.AUTOTUNE)
   if data_config.cache:
     examples = examples.cache()
-  examples = examples.map(lambda ex: {**_normalize(ex, data_config.normalization), "weight": tf.constant(1.0)},
-                          num_parallel_calls=tf.data.AUTOTUNE)
-  padding = tf.data.Dataset.from_tensors({"image": tf.zeros([size, size, 3]),
-                                          "mask": tf.zeros([mask_size, mask_size], tf.int32),
-                                          "weight": tf.constant(0.0)}).repeat()
   # Every process pads to the largest shard, so all yield the same number of batches.
   num_batches = -(-max(shard.shard_sizes) // local_batch_size)
-  batches = examples.concatenate(padding).take(num_batches * local_batch_size).batch(local_batch_size)
+  batches = (_with_padding(examples, num_batches * local_batch_size, size, mask_size).batch(local_batch_size)
+             .map(functools.partial(_normalize, normalization=data_config.normalization),
+                  num_parallel_calls=tf.data.AUTOTUNE))
   return batches.prefetch(tf.data.AUTOTUNE)
 
 

@@ -40,6 +40,16 @@ KERAS_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 _KERAS_KERNEL_INIT = nn.initializers.glorot_uniform()
 
 
+def batch_norm(x: jax.Array, *, train: bool, real_examples: jax.Array | None, momentum: float, dtype: Any,
+               name: str) -> jax.Array:
+  """Keras' BatchNormalization (epsilon 1e-3). In training, `real_examples` (bool [N], None for all) picks the rows
+  whose batch statistics count: a padded batch normalises and updates the running statistics as its real rows alone
+  would."""
+  mask = None if real_examples is None else real_examples[:, None, None, None]
+  return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=1e-3, dtype=dtype, name=name)(
+      x, mask=mask)
+
+
 def make_divisible(value: float, divisor: int = 8) -> int:
   """Keras' `_make_divisible`: round a channel count to a multiple of 8, never more than 10% down."""
   rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
@@ -90,11 +100,12 @@ class MobileNetV2(nn.Module):
       kernel_init=_KERAS_KERNEL_INIT, name=name,
       conv_general_dilated=cpu_ops.conv_general_dilated if cpu_ops.use_cpu_ops(self.conv_impl) else None)
 
-  def _batch_norm(self, name: str, train: bool) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-3, dtype=self.dtype,
-                        name=name)
+  def _batch_norm(self, name: str, x: jax.Array, train: bool, real_examples: jax.Array | None) -> jax.Array:
+    return batch_norm(x, train=train, real_examples=real_examples, momentum=self.bn_momentum, dtype=self.dtype,
+                      name=name)
 
-  def _inverted_res_block(self, x: jax.Array, block_id: int, train: bool, features: dict[str, jax.Array]) -> jax.Array:
+  def _inverted_res_block(self, x: jax.Array, block_id: int, train: bool, real_examples: jax.Array | None,
+                          features: dict[str, jax.Array]) -> jax.Array:
     """Keras' `_inverted_res_block`, recording the tapped activations into `features`."""
     expansion, filters, stride = BLOCKS[block_id]
     prefix = block_prefix(block_id)
@@ -103,27 +114,28 @@ class MobileNetV2(nn.Module):
     out_channels = make_divisible(int(filters * self.alpha))
     if block_id:
       x = self._conv(prefix + "expand", expansion * in_channels, 1)(x)
-      x = nn.relu6(self._batch_norm(prefix + "expand_BN", train)(x))
+      x = nn.relu6(self._batch_norm(prefix + "expand_BN", x, train, real_examples))
       features[prefix + "expand_relu"] = x
     # Keras: ZeroPadding2D(correct_pad) then a 'valid' conv for stride 2; the conv's explicit padding does the same.
     padding = correct_pad(x.shape[1:3]) if stride == 2 else "SAME"
     x = self._conv(prefix + "depthwise", x.shape[-1], 3, strides=stride, padding=padding, depthwise=True)(x)
-    x = nn.relu6(self._batch_norm(prefix + "depthwise_BN", train)(x))
+    x = nn.relu6(self._batch_norm(prefix + "depthwise_BN", x, train, real_examples))
     x = self._conv(prefix + "project", out_channels, 1)(x)
     features[prefix + "project"] = x
     if block_id == len(BLOCKS) - 1:
       return x  # The deepest tap is the projection before its BN; Keras' later layers are not part of the U-Net.
-    x = self._batch_norm(prefix + "project_BN", train)(x)
+    x = self._batch_norm(prefix + "project_BN", x, train, real_examples)
     if in_channels == out_channels and stride == 1:
       x = inputs + x
     return x
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, ...]:
+  def __call__(self, x: jax.Array, train: bool = False,
+               real_examples: jax.Array | None = None) -> tuple[jax.Array, ...]:
     features: dict[str, jax.Array] = {}
     # Keras' first conv is 'same' with stride 2, i.e. TF 'SAME' padding, which lax's 'SAME' reproduces exactly.
     x = self._conv("Conv1", make_divisible(32 * self.alpha), 3, strides=2)(x)
-    x = nn.relu6(self._batch_norm("bn_Conv1", train)(x))
+    x = nn.relu6(self._batch_norm("bn_Conv1", x, train, real_examples))
     for block_id in range(len(BLOCKS)):
-      x = self._inverted_res_block(x, block_id, train, features)
+      x = self._inverted_res_block(x, block_id, train, real_examples, features)
     return tuple(features[name] for name in TAPS)

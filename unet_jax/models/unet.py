@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from unet_jax.models import cpu_ops
-from unet_jax.models.mobilenet_v2 import TAPS, MobileNetV2
+from unet_jax.models.mobilenet_v2 import TAPS, MobileNetV2, batch_norm
 
 UPSAMPLE_MODES = ("transpose", "nearest")
 # The encoder's output stride: each spatial size must divide by it so that every skip lines up with its upsampling.
@@ -59,18 +59,21 @@ class UpsampleBlock(nn.Module):
   bn_momentum: float = 0.99  # Keras' BatchNormalization default.
 
   @nn.compact
-  def __call__(self, x: jax.Array | Sequence[jax.Array], train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array | Sequence[jax.Array], train: bool = False,
+               real_examples: jax.Array | None = None) -> jax.Array:
     x = upsample_conv(x, self.filters, mode=self.upsample, use_bias=False, kernel_init=_PIX2PIX_KERNEL_INIT,
                       dtype=self.dtype, name="conv", conv_impl=self.conv_impl)
-    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-3, dtype=self.dtype,
-                     name="bn")(x)
+    x = batch_norm(x, train=train, real_examples=real_examples, momentum=self.bn_momentum, dtype=self.dtype, name="bn")
     if self.dropout_rate:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.relu(x)
 
 
 class UNet(nn.Module):
-  """`__call__(images [N, H, W, 3] in [-1, 1], train)` -> float32 logits [N, H, W, num_classes].
+  """`__call__(images [N, H, W, 3] in [-1, 1], train, real_examples)` -> float32 logits [N, H, W, num_classes].
+
+  `real_examples` (bool [N]; None: all) marks the rows of a padded training batch that are data: only they enter
+  BatchNorm's batch statistics, so padding changes neither the real rows' outputs nor the running statistics.
 
   With `freeze_encoder` the encoder's BatchNorm always uses its running statistics, as Keras does for a layer with
   `trainable=False`, so its batch_stats never change (masking its parameters out of the update is the optimizer's job).
@@ -105,15 +108,15 @@ class UNet(nn.Module):
         f"{max(INPUT_MULTIPLE, width // INPUT_MULTIPLE * INPUT_MULTIPLE)}.")
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, images: jax.Array, train: bool = False, real_examples: jax.Array | None = None) -> jax.Array:
     self._check(images)
     momentum = {} if self.bn_momentum is None else {"bn_momentum": self.bn_momentum}
     encoder = MobileNetV2(self.alpha, self.dtype, self.conv_impl, **momentum, name="encoder")
-    skips = encoder(images, train=train and not self.freeze_encoder)
+    skips = encoder(images, train=train and not self.freeze_encoder, real_examples=real_examples)
     x = skips[-1]
     for index, (filters, skip) in enumerate(zip(self.decoder_filters, reversed(skips[:-1]))):
       x = UpsampleBlock(filters, self.upsample, self.dropout_rate, self.dtype, self.conv_impl,
-                        **momentum, name=f"up_{index}")(x, train)
+                        **momentum, name=f"up_{index}")(x, train, real_examples)
       x = (x, skip)  # Concatenated along channels by the next upsampling conv.
     x = upsample_conv(x, self.num_classes, mode=self.upsample, use_bias=True, kernel_init=_KERAS_KERNEL_INIT,
                       dtype=self.dtype, name="last", conv_impl=self.conv_impl)
