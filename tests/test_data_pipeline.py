@@ -39,7 +39,8 @@ def test_train_batches_shapes_dtypes_and_ranges(tiny_config, normalization, low,
   config = tiny_config.copy_and_resolve_references()
   config.normalization = normalization
   batch = take(config, 1, seed=0)[0]
-  assert set(batch) == {"image", "mask"}
+  assert set(batch) == {"image", "mask", "weight"}
+  np.testing.assert_array_equal(batch["weight"], np.ones(BATCH, np.float32))
   assert batch["image"].shape == (BATCH, 32, 32, 3) and batch["image"].dtype == np.float32
   assert batch["mask"].shape == (BATCH, 32, 32) and batch["mask"].dtype == np.int32
   assert low <= batch["image"].min() < batch["image"].max() <= high
@@ -71,14 +72,59 @@ def test_train_stream_is_deterministic_and_seeded(tiny_config):
   assert not np.array_equal(first[0]["image"], other[0]["image"])
 
 
-def test_resume_from_step_equals_uninterrupted_stream(tiny_config):
-  steps_per_epoch = data.num_examples(tiny_config, "train") // BATCH
-  uninterrupted = take(tiny_config, 2 * steps_per_epoch + 3, seed=5)
-  for start in (1, steps_per_epoch, steps_per_epoch + 3, 2 * steps_per_epoch + 1):
-    resumed = take(tiny_config, 2, seed=5, start_step=start)
+def kept_remainder(config, train_split: str = "train[:60]"):
+  """The config keeping each epoch's partial batch; 60 examples are 7 batches of 8 and one of 4 (+ 4 padding)."""
+  config = config.copy_and_resolve_references()
+  config.train_split = train_split
+  config.drop_remainder = False
+  return config
+
+
+@pytest.mark.parametrize("drop_remainder", [True, False])
+def test_resume_from_step_equals_uninterrupted_stream(tiny_config, drop_remainder):
+  config = tiny_config if drop_remainder else kept_remainder(tiny_config)
+  steps_per_epoch = data.steps_per_epoch(config, global_batch_size=BATCH)
+  assert steps_per_epoch == 8
+  uninterrupted = take(config, 2 * steps_per_epoch + 3, seed=5)
+  for start in (1, steps_per_epoch - 1, steps_per_epoch, steps_per_epoch + 3, 2 * steps_per_epoch + 1):
+    resumed = take(config, 2, seed=5, start_step=start)
     for offset, batch in enumerate(resumed):
-      np.testing.assert_array_equal(batch["image"], uninterrupted[start + offset]["image"])
-      np.testing.assert_array_equal(batch["mask"], uninterrupted[start + offset]["mask"])
+      for name in ("image", "mask", "weight"):
+        np.testing.assert_array_equal(batch[name], uninterrupted[start + offset][name])
+
+
+def test_kept_remainder_ends_every_epoch_with_the_partial_batch_padded(tiny_config):
+  config = kept_remainder(tiny_config)
+  config.augment.flip = False
+  steps_per_epoch = data.steps_per_epoch(config, global_batch_size=BATCH)
+  batches = take(config, 2 * steps_per_epoch, seed=0)
+  epochs = []
+  for epoch in range(2):
+    epoch_batches = batches[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch]
+    weights = np.stack([batch["weight"] for batch in epoch_batches])
+    assert weights[:-1].all() and weights[-1].tolist() == [1] * 4 + [0] * 4
+    last = epoch_batches[-1]
+    assert (last["image"][4:] == -1).all() and (last["mask"][4:] == 0).all()  # Zero pixels, normalised.
+    epochs.append(sum((fingerprints(batch["image"][batch["weight"] > 0]) for batch in epoch_batches), []))
+  assert len(set(epochs[0])) == len(epochs[0]) == 60  # Every example once per epoch, none lost to the remainder.
+  assert set(epochs[0]) == set(epochs[1]) and epochs[0] != epochs[1]
+
+
+def test_kept_remainder_keeps_uneven_process_shards_in_lockstep(tiny_config):
+  """61 examples over 2 processes are shards of 31 and 30: both take ceil(31 / 4) = 8 steps per epoch, the smaller
+  padded more, and together they see every example once."""
+  config = kept_remainder(tiny_config, "train[:61]")
+  config.augment.flip = False
+  steps_per_epoch = data.steps_per_epoch(config, global_batch_size=BATCH, process_count=2)
+  assert steps_per_epoch == 8
+  seen = []
+  for process in range(2):
+    batches = take(config, steps_per_epoch + 1, seed=0, process_index=process, process_count=2)
+    assert batches[-1]["weight"].all()  # The next epoch starts on the same step on both.
+    epoch = batches[:-1]
+    seen.append(sum((fingerprints(batch["image"][batch["weight"] > 0]) for batch in epoch), []))
+    assert sum(batch["weight"].sum() for batch in epoch) == (31, 30)[process]
+  assert not set(seen[0]) & set(seen[1]) and len(set(seen[0] + seen[1])) == 61
 
 
 def test_each_epoch_sees_distinct_examples_in_a_new_order(tiny_config):
@@ -118,7 +164,7 @@ def test_eval_covers_every_example_exactly_once(tiny_config, process_count):
     for batch in batches:
       assert batch["weight"].dtype == np.float32 and batch["image"].shape[0] == 15 // process_count
       real = batch["weight"] == 1
-      assert np.all(batch["image"][~real] == 0) and np.all(batch["weight"][~real] == 0)
+      assert np.all(batch["image"][~real] == -1) and np.all(batch["weight"][~real] == 0)  # Zero pixels, normalised.
       seen += fingerprints(batch["image"][real])
   assert len(batch_counts) == 1  # Lockstep: every process yields as many batches.
   assert sorted(seen) == sorted(everything)
@@ -178,8 +224,10 @@ def test_global_batch_size_checks():
 def test_clear_errors_before_any_work(tiny_config):
   with pytest.raises(ValueError, match="does not divide among 3 processes"):
     data.train_batches(tiny_config, global_batch_size=8, seed=0, process_index=0, process_count=3)
-  with pytest.raises(ValueError, match="fewer than one batch of 128"):
+  with pytest.raises(ValueError, match="fewer than one batch of 128.*drop_remainder=False"):
     data.train_batches(tiny_config, global_batch_size=128, seed=0)
+  one_padded_batch = next(data.train_batches(kept_remainder(tiny_config), global_batch_size=128, seed=0))
+  assert one_padded_batch["weight"].sum() == 60
   config = tiny_config.copy_and_resolve_references()
   config.normalization = "imagenet"
   with pytest.raises(ValueError, match="normalization='imagenet'.*minus_one_to_one"):
