@@ -4,6 +4,7 @@ import functools
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 import train_testlib
@@ -46,7 +47,7 @@ def test_frozen_encoder_then_unfreeze_phase(synthetic_data_dir):  # noqa: F811
   initial = jax.device_get(jax.jit(train.make_init_fn(config, model, txs[False]),
                                    out_shardings=sharding.replicated(mesh))())
 
-  # Frozen: the encoder's params and BatchNorm statistics are bit-identical, every decoder variable moved, and the
+  # Frozen: the encoder's params and BatchNorm statistics are bit-identical, every decoder variable trains, and the
   # optimizer holds Adam's two moments for the decoder only (scalar step counts aside).
   frozen = initial
   for batch in batches:
@@ -55,7 +56,14 @@ def test_frozen_encoder_then_unfreeze_phase(synthetic_data_dir):  # noqa: F811
   for collection in ("params", "batch_stats"):
     before, after = getattr(initial, collection), getattr(frozen, collection)
     jax.tree.map(np.testing.assert_array_equal, after[train_state.ENCODER], before[train_state.ENCODER])
-    assert all(_changed(_decoder(before), _decoder(after))), f"some decoder {collection} did not change"
+  assert any(_changed(_decoder(initial.params), _decoder(frozen.params)))
+  assert all(_changed(_decoder(initial.batch_stats), _decoder(frozen.batch_stats)))
+  # Every decoder parameter gets a gradient: a non-zero Adam first moment. (Behind the tiny random encoder the
+  # deepest block's gradients are ~1e-14, too small to move its float32 BatchNorm scale visibly in three steps.)
+  first_moments = [state.mu for state in jax.tree.leaves(frozen.opt_state.inner_states["decoder"],
+                                                        is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+                   if isinstance(state, optax.ScaleByAdamState)]
+  assert all(np.any(moment != 0) for moment in jax.tree.leaves(_decoder(first_moments[0])))
   assert _size(frozen.params[train_state.ENCODER]) > 0
   assert jax.tree.leaves(frozen.opt_state.inner_states["encoder"]) == []
   assert _size(frozen.opt_state) == 2 * _size(_decoder(frozen.params))
