@@ -111,7 +111,8 @@ def jax_figure(mode: str, batch_size: int) -> dict[str, Any]:
     args = [state, batch["image"]]
     run_step = lambda: step(*args).block_until_ready()
   else:
-    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, class_weights=(), dice_weight=0.0),
+    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, class_weights=(), dice_weight=0.0,
+                                     padded_batches=False),
                    donate_argnums=0)
     args = [state, batch]
 

@@ -2,7 +2,9 @@
 
 What it reproduces: tensorflow.org/tutorials/images/segmentation on `../shared/data/pets_sample` (600 real photos
 of 3 breeds, trimaps {1,2,3} -> {pet, background, border}): 128 px, the ImageNet MobileNetV2 (alpha 1.0) encoder
-frozen, random horizontal flips, batch 16, Adam 1e-3, 300 steps. Inputs are x / 127.5 - 1 (the encoder's own range).
+frozen, random horizontal flips, batch 16, Adam 1e-3, 300 steps, and the tutorial's epochs: every pass over the 300
+training images ends with a batch of 12 (data.drop_remainder=False). Inputs are x / 127.5 - 1 (the encoder's own
+range).
 
 Modes (the part after ':' in --config):
   configs/pets_sample.py       trains on the official trainval list (300), evaluates the official test list (298)
@@ -13,14 +15,13 @@ Modes (the part after ':' in --config):
   configs/pets_sample.py:valK  the same on fold K (K = 0..4; :val is :val0): five disjoint 60-image validation sets
                                that cover trainval, for differences one fold of 60 images cannot resolve.
 
-Hardware and time: 5 minutes on one core of this 2-core machine (taskset, the other core busy), compilation and
+Hardware and time: 6-7 minutes on one core of this 2-core machine (taskset, the other core busy), compilation and
 the test eval included; 14-34 minutes when the machine was shared with several other jobs.
-Expected result (bench/quality.md): test pixel accuracy 0.86-0.88, mean IoU 0.67-0.70 depending on the seed (mean of
-seeds 0-6: 0.690 +- 0.014; border IoU 0.435). The TF tutorial's own Keras model, trained on the same batches
-(bench/quality_keras.py), averages 0.874 / 0.689 +- 0.010 over the same seeds; issue 7 quotes it at 0.881 / 0.705.
-That figure comes from the tutorial's own input stream (tfds decoding, a partial batch ending every epoch): on it
-Keras averages 0.708 and unet_jax's model and train step 0.710 (bench/quality_tutorial_stream.py); unet_jax.data's
-stream, which drops each epoch's partial batch, does not reproduce it yet.
+Expected result (bench/quality.md, finding 15): test pixel accuracy 0.87-0.88, mean IoU 0.67-0.71 depending on the
+seed (seeds 0-2: 0.702 +- 0.010; seeds 0-6: 0.697 +- 0.015; border IoU 0.44), against the 0.881 / 0.705 issue 7
+quotes for the TF tutorial's own Keras model and pipeline (0.708 over 7 seeds here, bench/quality_keras.py
+--pipeline=tutorial). Dropping each epoch's partial batch (--config.data.drop_remainder=True, this config's stream
+before session 8) averages 0.685 over seeds 0-2 (0.690 over 7).
 
 Run from the repository root (paths to ../shared are resolved from this file, not the working directory):
   python -m unet_jax.train --config configs/pets_sample.py --workdir runs/pets_sample --config.seed=0

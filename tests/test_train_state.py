@@ -119,7 +119,8 @@ def test_padding_rows_change_nothing_a_batch_of_the_real_rows_alone_would_not():
   padded = {"image": np.concatenate([real["image"], np.full((5, 32, 32, 3), 50.0, np.float32)]),
             "mask": np.concatenate([real["mask"], np.full((5, 32, 32), 2, np.int32)]),
             "weight": np.concatenate([real["weight"], np.zeros(5, np.float32)])}
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=txs[False], class_weights=(), dice_weight=0.0))
+  step = jax.jit(functools.partial(train.train_step, model=model, tx=txs[False], class_weights=(), dice_weight=0.0,
+                                   padded_batches=True))
   (from_real, real_metrics), (from_padded, padded_metrics) = step(state, real), step(state, padded)
   assert any(_changed(state.batch_stats[train_state.ENCODER], from_real.batch_stats[train_state.ENCODER]))
   for ours, theirs in ((from_padded.params, from_real.params), (from_padded.batch_stats, from_real.batch_stats),

@@ -32,18 +32,22 @@ from unet_jax.models.unet import check_test_time_scales, inference_logits
 from unet_jax.train_state import TrainState
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx: optax.GradientTransformation,
-               class_weights: tuple[float, ...], dice_weight: float) -> tuple[TrainState, dict[str, jax.Array]]:
+               class_weights: tuple[float, ...], dice_weight: float,
+               padded_batches: bool) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on the batch's real examples: rows of weight 0 (the padding of an epoch's partial batch)
-  enter neither the loss nor BatchNorm's batch statistics."""
+  enter neither the loss nor BatchNorm's batch statistics. `padded_batches`: whether the stream pads at all
+  (data.drop_remainder=False); only then is BatchNorm handed the mask of real rows, which costs about 6% of a fully
+  trainable step on a CPU."""
   dropout_rng = jax.random.fold_in(state.rng, state.step)
   weight = batch["weight"]
+  real_examples = weight > 0 if padded_batches else None
 
   def weighted_mean(values: jax.Array) -> jax.Array:
     return (values * weight).sum() / weight.sum()
 
   def loss_fn(params):
     logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-                                  real_examples=weight > 0, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+                                  real_examples=real_examples, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
     loss = losses.segmentation_loss(logits, batch["mask"], class_weights=class_weights, dice_weight=dice_weight)
     return weighted_mean(loss), (logits, updates["batch_stats"])
 
@@ -85,7 +89,7 @@ def make_train_fn(config: ml_collections.ConfigDict, model, tx: optax.GradientTr
                   mesh: jax.sharding.Mesh):
   """The jitted train step: state replicated and donated, batch split over the data axis."""
   return jax.jit(functools.partial(train_step, model=model, tx=tx, class_weights=tuple(config.class_weights),
-                                   dice_weight=config.dice_weight),
+                                   dice_weight=config.dice_weight, padded_batches=not config.data.drop_remainder),
                  in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
                  out_shardings=sharding.replicated(mesh), donate_argnums=0)
 
