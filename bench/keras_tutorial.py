@@ -43,7 +43,8 @@ def keras_tutorial_unet(keras, image_size: int, num_classes: int = 3, encoder_we
 def tutorial_train_batches(keras, config, *, decoder: str = "tf", drop_remainder: bool = False):
   """The TF tutorial's `train_batches` over the config's train files: (image, float mask [B, S, S, 1]) batches,
   forever. `decoder`: "tf" reads the files as tfds does, "pillow" as unet_jax's folder source does.
-  `drop_remainder` drops each epoch's partial batch, as unet_jax does; the tutorial keeps it."""
+  `drop_remainder` drops each epoch's partial batch, as unet_jax.data does with data.drop_remainder=True; the
+  tutorial keeps it."""
   size = config.data.image_size
   pairs = folder.split_pairs(config.data, config.data.train_split)
 

@@ -39,7 +39,8 @@ _TUTORIAL_DECODER = flags.DEFINE_enum("tutorial_decoder", "tf", ["tf", "pillow"]
                                       "--pipeline=tutorial: decode the files as tfds does (tf) or as unet_jax's "
                                       "folder source does (pillow); to tell the pipeline's parts apart.")
 _TUTORIAL_DROP_REMAINDER = flags.DEFINE_bool("tutorial_drop_remainder", False,
-                                             "--pipeline=tutorial: drop each epoch's partial batch, as unet_jax does.")
+                                             "--pipeline=tutorial: drop each epoch's partial batch, as unet_jax.data "
+                                             "does with data.drop_remainder=True.")
 _TUTORIAL_AS_NUMPY = flags.DEFINE_bool("tutorial_as_numpy", False,
                                        "--pipeline=tutorial: hand Keras numpy batches with int32 [B, H, W] masks, "
                                        "the format of unet_jax's batches, instead of tensors with float [B, H, W, 1].")

@@ -8,7 +8,7 @@ Everything is `python -m unet_jax.train`'s (model, train step, eval, metrics, wo
 from `keras_tutorial.tutorial_train_batches` (tfds-style decoding, `.cache().shuffle(1000).batch(16).repeat()` with
 its partial batches, the tutorial's `Augment` layer), shuffled after `keras.utils.set_random_seed(config.seed)` as
 `bench/quality_keras.py --pipeline=tutorial` does. The stream cannot resume, so the workdir must be new.
-`--drop_remainder` drops each epoch's partial batch, as `unet_jax.data` does.
+`--drop_remainder` drops each epoch's partial batch, as `unet_jax.data` does with `data.drop_remainder=True`.
 """
 
 from absl import app, flags
@@ -20,7 +20,8 @@ from unet_jax import data, train
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A tutorial-recipe config, e.g. configs/pets_sample.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "A new directory for the run's checkpoints and metrics.",
                                required=True)
-_DROP_REMAINDER = flags.DEFINE_bool("drop_remainder", False, "Drop each epoch's partial batch, as unet_jax.data does.")
+_DROP_REMAINDER = flags.DEFINE_bool("drop_remainder", False, "Drop each epoch's partial batch, as unet_jax.data does "
+                                     "with data.drop_remainder=True.")
 
 
 def main(argv: list[str]) -> None:

@@ -99,8 +99,8 @@ def test_bfloat16_train_step_keeps_float32_parameters_and_loss():
   model, txs = _tiny_model_and_optimizers(config)
   mesh = sharding.make_mesh()
   state = jax.eval_shape(train.make_init_fn(config, model, txs[False]))
-  batch = {"image": jax.ShapeDtypeStruct((8, 64, 64, 3), np.float32), "mask": jax.ShapeDtypeStruct((8, 64, 64), np.int32),
-           "weight": jax.ShapeDtypeStruct((8,), np.float32)}
+  batch = {"image": jax.ShapeDtypeStruct((8, 64, 64, 3), np.float32),
+           "mask": jax.ShapeDtypeStruct((8, 64, 64), np.int32), "weight": jax.ShapeDtypeStruct((8,), np.float32)}
   state, step_metrics = jax.eval_shape(train.make_train_fn(config, model, txs[False], mesh), state, batch)
   assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {np.dtype(np.float32)}
   assert step_metrics["loss"].dtype == np.float32

@@ -73,7 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.eval_split = "test"
   config.data.shuffle_buffer = 1000
   # True: each epoch's last partial batch is dropped (every step a full batch). False: it is kept, as the TF tutorial's
-  # `.batch()` keeps it, padded with weight-0 rows (every example every epoch; epochs one step longer).
+  # `.batch()` keeps it, padded with weight-0 rows (every example every epoch).
   config.data.drop_remainder = True
   config.data.cache = True
   config.data.augment = ml_collections.ConfigDict()
