@@ -4,8 +4,10 @@ import dataclasses
 
 import tensorflow as tf
 
+from unet_jax import errors
 
-class DatasetNotFoundError(FileNotFoundError):
+
+class DatasetNotFoundError(errors.InputNotFoundError):
   """The dataset is not on disk; the message says how to prepare it."""
 
 
