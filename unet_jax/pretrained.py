@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unet_jax import errors
 from unet_jax.models.mobilenet_v2 import BLOCKS, KERAS_ALPHAS, TAPS, MobileNetV2, block_prefix, make_divisible
 
 # Where `keras.applications.MobileNetV2(weights="imagenet")` downloads from.
@@ -31,16 +32,16 @@ Variables = dict[str, dict[str, Any]]
 _LAST_ENCODER_LAYER = TAPS[-1]  # block_16_project: its output channels give alpha.
 
 
-class WeightsUnavailableError(OSError):
+class WeightsUnavailableError(errors.UserError, OSError):
   """The ImageNet weights are neither in the Keras cache nor downloadable."""
 
 
 def keras_weight_file_name(alpha: float, rows: int) -> str:
   """The file name Keras uses for the no-top ImageNet MobileNetV2 weights (and caches under ~/.keras/models)."""
   if alpha not in KERAS_ALPHAS:
-    raise ValueError(f"Keras has ImageNet MobileNetV2 weights for alpha in {KERAS_ALPHAS}; got alpha={alpha}.")
+    raise errors.ConfigError(f"Keras has ImageNet MobileNetV2 weights for alpha in {KERAS_ALPHAS}; got alpha={alpha}.")
   if rows not in KERAS_ROWS:
-    raise ValueError(f"Keras has ImageNet MobileNetV2 weights for rows in {KERAS_ROWS}; got rows={rows}.")
+    raise errors.ConfigError(f"Keras has ImageNet MobileNetV2 weights for rows in {KERAS_ROWS}; got rows={rows}.")
   return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}_no_top.h5"
 
 
@@ -83,7 +84,7 @@ def _read_keras3_h5(group: h5py.Group, path: os.PathLike) -> dict[str, list[np.n
     numbered = (re.fullmatch(rf"{class_name}(?:_(\d+))?", key) for key in group)
     stored = [match.string for match in sorted(filter(None, numbered), key=lambda match: int(match[1] or 0))]
     if len(stored) != len(layer_names):
-      raise ValueError(
+      raise errors.ConfigError(
         f"{path} is a Keras 3 weights file but not of keras.applications.MobileNetV2(include_top=False): it has "
         f"{len(stored)} '{class_name}' layers where MobileNetV2 has {len(layer_names)}.")
     for key, layer_name in zip(stored, layer_names):
@@ -101,7 +102,7 @@ def read_keras_h5(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
       return _read_legacy_h5(group)
     if "layers" in group and "conv2d" in group["layers"]:
       return _read_keras3_h5(group["layers"], path)
-  raise ValueError(
+  raise errors.ConfigError(
     f"{path} is neither a legacy Keras HDF5 weight file (root attribute 'layer_names') nor a Keras 3 .weights.h5 of "
     f"MobileNetV2; save the Keras model with `model.save_weights('weights.h5')`.")
 
@@ -110,13 +111,13 @@ def _infer_alpha(layers: Mapping[str, Sequence[np.ndarray]], source: str) -> flo
   """MobileNetV2's width multiplier from the output channels of `block_16_project`, unique per Keras alpha."""
   if _LAST_ENCODER_LAYER not in layers:
     examples = ", ".join(list(layers)[:5])
-    raise ValueError(
+    raise errors.ConfigError(
       f"{source} does not hold Keras MobileNetV2 weights: it has no layer {_LAST_ENCODER_LAYER!r} "
       f"(its first layers: {examples or 'none'}).")
   channels = layers[_LAST_ENCODER_LAYER][0].shape[-1]
   by_channels = {make_divisible(int(BLOCKS[-1][1] * alpha)): alpha for alpha in KERAS_ALPHAS}
   if channels not in by_channels:
-    raise ValueError(
+    raise errors.ConfigError(
       f"{source}: {_LAST_ENCODER_LAYER} has {channels} output channels, which matches none of Keras' MobileNetV2 "
       f"alphas (channels -> alpha: {by_channels}).")
   return by_channels[channels]
@@ -130,7 +131,7 @@ def mobilenet_v2_variables(layers: Mapping[str, Sequence[np.ndarray]], alpha: fl
   """
   inferred = _infer_alpha(layers, source)
   if alpha is not None and alpha != inferred:
-    raise ValueError(
+    raise errors.ConfigError(
       f"{source} holds MobileNetV2 weights for alpha={inferred}, but alpha={alpha} was asked for: set "
       f"model.alpha={inferred}, or use weights for alpha={alpha}.")
   expected = jax.eval_shape(MobileNetV2(inferred).init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
@@ -162,7 +163,7 @@ def mobilenet_v2_variables(layers: Mapping[str, Sequence[np.ndarray]], alpha: fl
       batch_stats[name] = {k: jnp.asarray(v, jnp.float32) for k, v in converted["batch_stats"].items()}
   if problems:
     shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
-    raise ValueError(f"{source} does not fit MobileNetV2(alpha={inferred}): {shown}.")
+    raise errors.ConfigError(f"{source} does not fit MobileNetV2(alpha={inferred}): {shown}.")
   return {"params": params, "batch_stats": batch_stats}
 
 
@@ -243,7 +244,7 @@ def unet_variables_from_keras(keras_model: Any) -> Variables:
   decoder_norms = [layer for layer in layers
                    if type(layer).__name__ == "BatchNormalization" and layer.name not in encoder["params"]]
   if not transposes or len(transposes) - 1 != len(decoder_norms) or len(transposes[-1].get_weights()) != 2:
-    raise ValueError(
+    raise errors.ConfigError(
       f"{keras_model.name} is not the tutorial's U-Net: expected upsample blocks of Conv2DTranspose(use_bias=False) + "
       f"BatchNormalization and a last Conv2DTranspose with bias; found {len(transposes)} Conv2DTranspose and "
       f"{len(decoder_norms)} decoder BatchNormalization layers.")

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from unet_jax import pretrained
+from unet_jax import errors, pretrained
 from unet_jax.models import UNet
 
 ENCODER = "encoder"  # The top-level params/batch_stats entry that holds the MobileNetV2 variables.
@@ -37,7 +37,7 @@ class TrainState:
 
 def create_model(model_config: ml_collections.ConfigDict) -> UNet:
   if model_config.dtype not in DTYPES:
-    raise ValueError(f"config.model.dtype={model_config.dtype!r} is not supported; use one of {sorted(DTYPES)}.")
+    raise errors.ConfigError(f"config.model.dtype={model_config.dtype!r} is not supported; use one of {sorted(DTYPES)}.")
   return UNet(num_classes=model_config.num_classes, alpha=model_config.alpha,
               decoder_filters=tuple(model_config.decoder_filters), upsample=model_config.upsample,
               dropout_rate=model_config.dropout_rate, freeze_encoder=model_config.freeze_encoder,
@@ -62,7 +62,7 @@ def _check_encoder_shapes(model_variables: Mapping[str, Any], loaded: Mapping[st
   expected = jax.tree.map(jnp.shape, model_variables)
   got = jax.tree.map(jnp.shape, loaded)
   if expected != got:
-    raise ValueError(f"The pretrained encoder from {source!r} does not fit this model's MobileNetV2 (shapes differ; "
+    raise errors.ConfigError(f"The pretrained encoder from {source!r} does not fit this model's MobileNetV2 (shapes differ; "
                      f"is config.model.alpha the alpha the weights were trained with?). Set config.model.alpha to "
                      f"match the weights, or config.model.pretrained='' for a random init.")
 
@@ -94,7 +94,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, num_train_steps: i
   if config.lr_schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
                                               max(num_train_steps, config.warmup_steps + 1))
-  raise ValueError(f"config.lr_schedule={config.lr_schedule!r} is not supported; use one of {LR_SCHEDULES}.")
+  raise errors.ConfigError(f"config.lr_schedule={config.lr_schedule!r} is not supported; use one of {LR_SCHEDULES}.")
 
 
 def _optimizer(config: ml_collections.ConfigDict, learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:
@@ -107,7 +107,7 @@ def _optimizer(config: ml_collections.ConfigDict, learning_rate: optax.ScalarOrS
   elif config.optimizer == "sgd":
     tx = optax.sgd(learning_rate, momentum=0.9)
   else:
-    raise ValueError(f"config.optimizer={config.optimizer!r} is not supported; use one of {OPTIMIZERS}.")
+    raise errors.ConfigError(f"config.optimizer={config.optimizer!r} is not supported; use one of {OPTIMIZERS}.")
   if config.grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
   return tx

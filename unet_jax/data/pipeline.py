@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from unet_jax import errors
 from unet_jax.data import folder, tfds_source
 from unet_jax.data.source import Shard
 
@@ -40,7 +41,7 @@ def check_global_batch_size(global_batch_size: int) -> None:
   devices = jax.device_count()
   if global_batch_size <= 0 or global_batch_size % devices:
     suggestion = max(devices, round(global_batch_size / devices) * devices)
-    raise ValueError(
+    raise errors.ConfigError(
         f"batch_size={global_batch_size} is the global batch size and must be a positive multiple of the "
         f"{devices} devices ({jax.process_count()} process(es) x {jax.local_device_count()} local devices), so "
         f"every device gets the same share. Use e.g. --config.batch_size={suggestion}.")
@@ -48,11 +49,11 @@ def check_global_batch_size(global_batch_size: int) -> None:
 
 def _check_config(data_config: ml_collections.ConfigDict) -> None:
   if data_config.normalization not in NORMALIZATIONS:
-    raise ValueError(f"config.data.normalization={data_config.normalization!r}; use one of {NORMALIZATIONS}.")
+    raise errors.ConfigError(f"config.data.normalization={data_config.normalization!r}; use one of {NORMALIZATIONS}.")
   if data_config.image_size <= 0:
-    raise ValueError(f"config.data.image_size={data_config.image_size} must be positive.")
+    raise errors.ConfigError(f"config.data.image_size={data_config.image_size} must be positive.")
   if data_config.eval_mask_size < 0:
-    raise ValueError(f"config.data.eval_mask_size={data_config.eval_mask_size} must be positive, or 0 for "
+    raise errors.ConfigError(f"config.data.eval_mask_size={data_config.eval_mask_size} must be positive, or 0 for "
                      "image_size.")
 
 
@@ -68,7 +69,7 @@ def _processes(process_index: int | None, process_count: int | None) -> tuple[in
 def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   check_global_batch_size(global_batch_size)
   if global_batch_size % process_count:
-    raise ValueError(f"batch_size={global_batch_size} does not divide among {process_count} processes; use a "
+    raise errors.ConfigError(f"batch_size={global_batch_size} does not divide among {process_count} processes; use a "
                      f"multiple of {process_count}.")
   return global_batch_size // process_count
 
@@ -103,7 +104,7 @@ def _steps_per_epoch(data_config: ml_collections.ConfigDict, shard_sizes: tuple[
     return -(-max(shard_sizes) // local_batch_size)
   steps = min(shard_sizes) // local_batch_size
   if steps == 0:
-    raise ValueError(
+    raise errors.ConfigError(
         f"the train split {data_config.train_split!r} has {sum(shard_sizes)} examples ({min(shard_sizes)} on the "
         f"smallest of {len(shard_sizes)} process shards), fewer than one batch of {global_batch_size} "
         f"({local_batch_size} per process); lower --config.batch_size, or set --config.data.drop_remainder=False.")
@@ -129,7 +130,7 @@ def normalize_image(image, normalization: str):
     return image / 127.5 - 1
   if normalization == "zero_to_one":
     return image / 255
-  raise ValueError(f"normalization={normalization!r}; use one of {NORMALIZATIONS}.")
+  raise errors.ConfigError(f"normalization={normalization!r}; use one of {NORMALIZATIONS}.")
 
 
 def _resize(example: dict[str, tf.Tensor], image_size: int, mask_size: int = 0) -> dict[str, tf.Tensor]:

@@ -4,6 +4,7 @@ import ml_collections
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from unet_jax import errors
 from unet_jax.data import synthetic_pets
 from unet_jax.data.source import DatasetNotFoundError, Shard
 
@@ -15,7 +16,7 @@ def _builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder
   try:
     builder = tfds.builder(data_config.name, data_dir=data_config.data_dir or None)
   except tfds.core.registered.DatasetNotFoundError:
-    raise ValueError(
+    raise errors.ConfigError(
         f"config.data.name={data_config.name!r} is neither 'folder' nor a tfds dataset. Use 'oxford_iiit_pet', "
         f"'{OFFLINE_DATASET}' (offline), 'folder' (your own images and masks) or another tfds name.") from None
   if builder.is_prepared():
@@ -42,7 +43,7 @@ def _split_info(builder: tfds.core.DatasetBuilder, split) -> tfds.core.SplitInfo
   try:
     return builder.info.splits[split]
   except (KeyError, ValueError) as e:
-    raise ValueError(f"{e} Set --config.data.train_split / --config.data.eval_split to an existing split "
+    raise errors.ConfigError(f"{e} Set --config.data.train_split / --config.data.eval_split to an existing split "
                      f"(tfds slicing like 'train[:90%]' works too).") from None
 
 

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from unet_jax import errors
 from unet_jax.models import cpu_ops
 from unet_jax.models.mobilenet_v2 import TAPS, MobileNetV2, batch_norm
 
@@ -92,16 +93,16 @@ class UNet(nn.Module):
 
   def _check(self, images: jax.Array) -> None:
     if self.upsample not in UPSAMPLE_MODES:
-      raise ValueError(f"UNet(upsample={self.upsample!r}) is not one of {UPSAMPLE_MODES}.")
+      raise errors.ConfigError(f"UNet(upsample={self.upsample!r}) is not one of {UPSAMPLE_MODES}.")
     if len(self.decoder_filters) != len(TAPS) - 1:
-      raise ValueError(
+      raise errors.ConfigError(
         f"UNet(decoder_filters={tuple(self.decoder_filters)}) needs {len(TAPS) - 1} entries, one upsample block per "
         f"encoder skip, e.g. (512, 256, 128, 64).")
     if images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f"UNet expects RGB images shaped [N, H, W, 3]; got shape {images.shape}.")
+      raise errors.ConfigError(f"UNet expects RGB images shaped [N, H, W, 3]; got shape {images.shape}.")
     height, width = images.shape[1:3]
     if height % INPUT_MULTIPLE or width % INPUT_MULTIPLE:
-      raise ValueError(
+      raise errors.ConfigError(
         f"UNet needs height and width that are multiples of {INPUT_MULTIPLE} (the encoder's output stride); got "
         f"{height}x{width}. Resize or crop the images, e.g. to "
         f"{max(INPUT_MULTIPLE, height // INPUT_MULTIPLE * INPUT_MULTIPLE)}x"
@@ -127,7 +128,7 @@ def check_test_time_scales(scales: Sequence[float]) -> None:
   """A clear error for scales `inference_logits` cannot use; the trainer checks before training, not at its first
   eval, so that a typo costs no training."""
   if not scales or min(scales) <= 0:
-    raise ValueError(f"Test-time scales {tuple(scales)} must be positive factors, e.g. (0.75, 1.0, 1.25); (1.0,) "
+    raise errors.ConfigError(f"Test-time scales {tuple(scales)} must be positive factors, e.g. (0.75, 1.0, 1.25); (1.0,) "
                      f"evaluates the images as they are (config.eval_scales).")
 
 
