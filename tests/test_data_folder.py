@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from unet_jax import data, default_config
+from unet_jax import data, default_config, errors, image_io
 from unet_jax.data import folder
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -164,7 +164,16 @@ def bad_file_cases(root: pathlib.Path) -> dict[str, str]:
       "values": r"mask .*s02\.png has values \[99\] outside mask_value_map",
       "missing_mask": r"image .*s03\.png has no mask named s03\.\*",
       "colour_mask": r"mask .*s04\.png is a colour image",
+      "truncated_image": r"cannot read image .*s01\.jpg: .*truncated",
+      "truncated_mask": r"cannot read mask .*s06\.png: .*truncated",
   }
+
+
+def truncate(path: pathlib.Path) -> None:
+  """Keeps the first half of the file: the header still opens (checked here), the pixel data ends early."""
+  path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+  with Image.open(path) as image:
+    assert image.size == (W, H)
 
 
 def break_pair(root: pathlib.Path, case: str) -> None:
@@ -179,28 +188,96 @@ def break_pair(root: pathlib.Path, case: str) -> None:
   elif case == "missing_mask":
     write_pair(root, "s03")
     (root / "masks" / "s03.png").unlink()
+  elif case == "truncated_image":  # Noise, so that most of the JPEG is pixel data behind the header.
+    noise = np.random.default_rng(2).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(root / "images" / "s01.jpg", quality=95)
+    truncate(root / "images" / "s01.jpg")
+  elif case == "truncated_mask":
+    truncate(root / "masks" / "s06.png")
   else:
     Image.fromarray(COLOURS[bands()]).save(root / "masks" / "s04.png")
 
 
-@pytest.mark.parametrize("case", ["unreadable", "size", "values", "missing_mask", "colour_mask"])
+BAD_FILE_CASES = ["unreadable", "size", "values", "missing_mask", "colour_mask", "truncated_image", "truncated_mask"]
+
+
+@pytest.mark.parametrize("case", BAD_FILE_CASES)
 def test_bad_files_are_clear_errors_or_logged_skips(root, case, caplog):
   break_pair(root, case)
   pattern = bad_file_cases(root)[case]
-  with pytest.raises(ValueError, match=pattern + r".*skip_bad_files=True"):
+  with pytest.raises(folder.BadFileError, match=pattern + r".*skip_bad_files=True") as raised:
     data.num_examples(folder_config(root), "all")
+  assert isinstance(raised.value, errors.UserError) and isinstance(raised.value, ValueError)
   with caplog.at_level(logging.WARNING):
     assert data.num_examples(folder_config(root, skip_bad_files=True), "all") == 9
   assert re.search(pattern, caplog.text)
 
 
+@pytest.mark.parametrize("case", ["truncated_image", "truncated_mask"])
+def test_skipped_truncated_pair_leaves_the_splits_and_the_rest_trains(root, case):
+  break_pair(root, case)
+  broken = {"truncated_image": "s01", "truncated_mask": "s06"}[case]
+  config = folder_config(root, skip_bad_files=True, test_fraction=0.3)
+  train, test = folder.split_pairs(config, "train"), folder.split_pairs(config, "test")
+  assert len(train) + len(test) == 9 and broken not in {pair.stem for pair in train + test}
+  assert data.num_examples(config, "train") == len(train) and data.num_examples(config, "test") == len(test)
+  batch = next(iter(data.train_batches(config, global_batch_size=4, seed=0)))
+  assert batch["image"].shape == (4, 24, 24, 3) and batch["mask"].shape == (4, 24, 24)
+  images, masks = eval_all(config)
+  assert images.shape == (9, 24, 24, 3) and masks.shape == (9, 24, 24)
+
+
+def test_folder_decodes_images_as_predict_does(root):
+  """A 16-bit PNG scales to 8 bits and an EXIF-rotated JPEG stands upright, as in `image_io.read_image`."""
+  classes = bands()
+  Image.fromarray(GREYS[classes].astype(np.uint16) * 257).save(root / "images" / "s00.png")  # 16-bit grey.
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Orientation: stored turned 90 degrees anticlockwise, shown turned back clockwise.
+  for stem in ("s01", "s03"):  # s01's mask is stored upright; s03's is stored turned, with the same EXIF tag.
+    Image.fromarray(np.ascontiguousarray(np.rot90(COLOURS[classes]))).save(root / "images" / f"{stem}.jpg",
+                                                                            quality=95, exif=exif)
+  (root / "images" / "s03.png").unlink()
+  Image.fromarray(np.ascontiguousarray(np.rot90(RAW[classes]))).save(root / "masks" / "s03.png", exif=exif)
+  table = folder._lookup_table(folder.parse_value_map(VALUE_MAP))
+  for stem, suffix in (("s00", "png"), ("s01", "jpg"), ("s03", "jpg")):
+    image_path = root / "images" / f"{stem}.{suffix}"
+    pixels, mask = folder._load_pair(str(image_path).encode(), str(root / "masks" / f"{stem}.png").encode(), table)
+    np.testing.assert_array_equal(pixels, image_io.read_image(image_path), err_msg=stem)
+    np.testing.assert_array_equal(mask[..., 0], classes, err_msg=stem)
+  images, masks = eval_all(folder_config(root))
+  centres = [4, 12, 20]
+  np.testing.assert_array_equal(np.round((images[0, 12, centres] + 1) * 127.5), GREYS[:, None].repeat(3, 1))
+  for i in (1, 3):
+    np.testing.assert_allclose(np.round((images[i, 12, centres] + 1) * 127.5), COLOURS, atol=8)
+    np.testing.assert_array_equal(masks[i][:, centres], np.broadcast_to([0, 1, 2], (24, 3)))
+
+
 def test_missing_folders_are_clear_errors(tmp_path):
-  with pytest.raises(ValueError, match="needs --config.data.folder.root=DIR"):
+  with pytest.raises(errors.ConfigError, match="needs --config.data.folder.root=DIR"):
     data.num_examples(folder_config(""), "train")
   with pytest.raises(data.DatasetNotFoundError, match="images.*is not a directory"):
     data.num_examples(folder_config(tmp_path), "train")
-  with pytest.raises(ValueError, match="split 'validation' does not exist.*'train', 'test', 'all'"):
+  with pytest.raises(errors.ConfigError, match="split 'validation' does not exist.*'train', 'test', 'all'"):
     data.num_examples(folder_config(tmp_path), "validation")
+  (tmp_path / "images").mkdir()
+  (tmp_path / "masks").mkdir()
+  with pytest.raises(data.DatasetNotFoundError, match="no usable image/mask pairs"):
+    data.num_examples(folder_config(tmp_path), "train")
+
+
+def test_folder_problems_are_user_errors(root):
+  """The CLI prints these without a traceback; Python callers still catch ValueError / FileNotFoundError."""
+  Image.fromarray(COLOURS[bands()]).save(root / "images" / "s02.bmp")  # First: the folder's scan is cached.
+  with pytest.raises(errors.ConfigError, match="s02.bmp and s02.jpg .* share the stem 's02'"):
+    data.num_examples(folder_config(root), "train")
+  (root / "images" / "s02.bmp").unlink()
+  with pytest.raises(errors.ConfigError, match="mask_value_map='1=0'"):
+    data.num_examples(folder_config(root, mask_value_map="1=0"), "train")
+  with pytest.raises(errors.InputNotFoundError, match="split list .*nope.txt does not exist"):
+    data.num_examples(folder_config(root, train_list="nope.txt"), "train")
+  (root / "train.txt").write_text("s01\nnope\n")
+  with pytest.raises(errors.ConfigError, match=r"1 stem\(s\) of .*train.txt have no usable image/mask pair"):
+    data.num_examples(folder_config(root, train_list="train.txt"), "train")
 
 
 def load_config(name: str):

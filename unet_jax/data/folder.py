@@ -1,13 +1,15 @@
 """Users' own data: `images/` and `masks/` folders matched by file stem.
 
 Images may be JPEG, PNG, GIF, BMP, TIFF or WebP, RGB, RGBA (alpha dropped), palette or grayscale (replicated to 3
-channels for the ImageNet encoder), whatever their extension says. Masks are single-channel or palette images of
-raw values that `mask_value_map` turns into class ids, e.g. "1:0,2:1,3:2" for pet trimaps or "0:0,255:1" for
-binary masks ("" keeps the raw values as class ids).
+channels for the ImageNet encoder), 8- or 16-bit, whatever their extension says. They decode through
+`unet_jax.image_io.read_image` (upright as their EXIF orientation says, 16 bits scaled to 8), so training sees the
+pixels prediction will. Masks are single-channel or palette images of raw values that `mask_value_map` turns into
+class ids, e.g. "1:0,2:1,3:2" for pet trimaps or "0:0,255:1" for binary masks ("" keeps the raw values as class ids).
 
-Before anything is read into the pipeline, every pair is checked once per process: image and mask readable, same
-size, mask values inside the map. A bad pair is an error naming the file, or a logged skip with
-`skip_bad_files=True`, so the split sizes (and hence steps per epoch and eval padding) are known up front.
+Before anything is read into the pipeline, every pair is decoded and checked once per process: image and mask
+decode in full (so a truncated file fails here, not at some batch inside tf.data), same size, mask values inside the
+map. A bad pair is an error naming the file, or a logged skip with `skip_bad_files=True`, so the split sizes (and
+hence steps per epoch and eval padding) are known up front.
 """
 
 import concurrent.futures
@@ -19,9 +21,10 @@ import pathlib
 from absl import logging
 import ml_collections
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 import tensorflow as tf
 
+from unet_jax import errors, image_io
 from unet_jax.data.source import DatasetNotFoundError, Shard
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
@@ -35,7 +38,7 @@ class Pair:
   mask: str
 
 
-class BadFileError(ValueError):
+class BadFileError(errors.UserError, ValueError):
   """An image or mask that cannot be used; the message names the file and the fix."""
 
 
@@ -51,11 +54,11 @@ def parse_value_map(text: str) -> dict[int, int]:
     try:
       raw, class_id = (int(part) for part in item.split(":"))
     except ValueError:
-      raise ValueError(f"config.data.folder.mask_value_map={text!r}: {item.strip()!r} is not 'raw:class'. "
-                       "Write it like '1:0,2:1,3:2' (pet trimaps) or '0:0,255:1' (binary masks).") from None
+      raise errors.ConfigError(f"config.data.folder.mask_value_map={text!r}: {item.strip()!r} is not 'raw:class'. "
+                               "Write it like '1:0,2:1,3:2' (pet trimaps) or '0:0,255:1' (binary masks).") from None
     if raw in value_map or not 0 <= class_id <= 255:
-      raise ValueError(f"config.data.folder.mask_value_map={text!r}: raw value {raw} is mapped twice or class id "
-                       f"{class_id} is outside 0..255.")
+      raise errors.ConfigError(f"config.data.folder.mask_value_map={text!r}: raw value {raw} is mapped twice or class "
+                               f"id {class_id} is outside 0..255; map each raw value once, to a class id in 0..255.")
     value_map[raw] = class_id
   return value_map
 
@@ -83,22 +86,37 @@ def _lookup_table(value_map: dict[int, int], max_raw: int = 255) -> np.ndarray:
   return table
 
 
+def _read_image(path: str) -> np.ndarray:
+  """uint8 [H, W, 3], decoded exactly as `unet_jax.predict` decodes its inputs."""
+  try:
+    return image_io.read_image(path)
+  except image_io.ImageReadError as e:
+    raise BadFileError(f"cannot read image {path}: {e.__cause__ or e}") from None
+
+
+def _read_mask(path: str) -> np.ndarray:
+  """The mask's raw values [H, W], decoded in full and turned upright like its image."""
+  try:
+    with Image.open(path) as mask:
+      mask.load()  # PIL reads lazily: a truncated file fails here, inside the try.
+      upright = ImageOps.exif_transpose(mask)
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    raise BadFileError(f"cannot read mask {path}: {e}") from None
+  return _mask_values(upright, path)
+
+
 def _check_pair(pair: Pair, value_map: dict[int, int]) -> None:
-  """Raises BadFileError naming the file unless the pair decodes to a usable example."""
-  try:
-    with Image.open(pair.image) as image:
-      size = image.size
-  except OSError as e:
-    raise BadFileError(f"cannot read image {pair.image}: {e}") from None
-  try:
-    with Image.open(pair.mask) as mask:
-      mask_size = mask.size
-      values = np.flatnonzero(np.bincount(_mask_values(mask, pair.mask).ravel()))  # Faster than np.unique.
-  except OSError as e:
-    raise BadFileError(f"cannot read mask {pair.mask}: {e}") from None
-  if size != mask_size:
-    raise BadFileError(f"image {pair.image} is {size[0]}x{size[1]} but its mask {pair.mask} is "
-                       f"{mask_size[0]}x{mask_size[1]}; they must be the same size.")
+  """Raises BadFileError naming the file unless the pair decodes to a usable example.
+
+  Decodes both files in full, as `_load_pair` will: a header alone does not show a truncated file.
+  """
+  height, width = _read_image(pair.image).shape[:2]
+  raw = _read_mask(pair.mask)
+  values = np.flatnonzero(np.bincount(raw.ravel()))  # Faster than np.unique.
+  if (height, width) != raw.shape:
+    raise BadFileError(f"image {pair.image} is {width}x{height} but its mask {pair.mask} is "
+                       f"{raw.shape[1]}x{raw.shape[0]}; they must be the same size (sizes as shown upright, after "
+                       "any EXIF orientation).")
   if value_map:
     outside = sorted(set(values.tolist()) - set(value_map))
     if outside:
@@ -114,16 +132,16 @@ def _files_by_stem(directory: pathlib.Path) -> dict[str, pathlib.Path]:
   for path in sorted(directory.iterdir()):
     if path.suffix.lower() in IMAGE_EXTENSIONS:
       if path.stem in files:
-        raise ValueError(f"{files[path.stem].name} and {path.name} in {directory} share the stem {path.stem!r}; "
-                         "images and masks are matched by stem, so keep one.")
+        raise errors.ConfigError(f"{files[path.stem].name} and {path.name} in {directory} share the stem "
+                                 f"{path.stem!r}; images and masks are matched by stem, so keep one.")
       files[path.stem] = path
   return files
 
 
 def _directory(folder_config: ml_collections.ConfigDict, name: str) -> pathlib.Path:
   if not folder_config.root:
-    raise ValueError("config.data.name='folder' needs --config.data.folder.root=DIR, the folder that holds "
-                     f"{folder_config.images!r} and {folder_config.masks!r}.")
+    raise errors.ConfigError("config.data.name='folder' needs --config.data.folder.root=DIR, the folder that holds "
+                             f"{folder_config.images!r} and {folder_config.masks!r}.")
   directory = pathlib.Path(folder_config.root) / folder_config[name]
   if not directory.is_dir():
     raise DatasetNotFoundError(f"{directory} (config.data.folder.root / config.data.folder.{name}) is not a "
@@ -155,13 +173,15 @@ def _scan(images_dir: pathlib.Path, masks_dir: pathlib.Path, value_map_text: str
     verdicts = list(pool.map(check, pairs))
   problems += [verdict for verdict in verdicts if verdict]
   if problems and not skip_bad_files:
-    raise ValueError(f"{len(problems)} bad file(s) in {images_dir.parent}: " + "; ".join(problems[:5]) +
-                     ". Fix them, or set --config.data.folder.skip_bad_files=True to skip them.")
+    raise BadFileError(f"{len(problems)} bad file(s) in {images_dir.parent}: " +
+                       "; ".join(problem.rstrip(".") for problem in problems[:5]) +
+                       ". Fix them, or set --config.data.folder.skip_bad_files=True to skip them.")
   for problem in problems:
     logging.warning("Skipping: %s", problem)
   usable = tuple(pair for pair, verdict in zip(pairs, verdicts) if not verdict)
   if not usable:
-    raise DatasetNotFoundError(f"no usable image/mask pairs in {images_dir} and {masks_dir} (matched by file stem).")
+    raise DatasetNotFoundError(f"no usable image/mask pairs in {images_dir} and {masks_dir} (matched by file stem); "
+                               "put images and their masks there, or point config.data.folder.root at your data.")
   return usable
 
 
@@ -180,7 +200,7 @@ def split_pairs(data_config: ml_collections.ConfigDict, split: str) -> tuple[Pai
   """
   folder_config = data_config.folder
   if split not in SPLITS:
-    raise ValueError(f"split {split!r} does not exist for config.data.name='folder'; use one of {SPLITS}.")
+    raise errors.ConfigError(f"split {split!r} does not exist for config.data.name='folder'; use one of {SPLITS}.")
   pairs = _scan(_directory(folder_config, "images"), _directory(folder_config, "masks"),
                 folder_config.mask_value_map, folder_config.skip_bad_files)
   if split == "all":
@@ -195,8 +215,8 @@ def split_pairs(data_config: ml_collections.ConfigDict, split: str) -> tuple[Pai
         listed = _read_list(path)
         missing = [stem for stem in listed if stem not in by_stem]
         if missing and not folder_config.skip_bad_files:
-          raise ValueError(f"{len(missing)} stem(s) of {path} have no usable image/mask pair, e.g. {missing[:5]}; "
-                           "fix the list or set --config.data.folder.skip_bad_files=True.")
+          raise errors.ConfigError(f"{len(missing)} stem(s) of {path} have no usable image/mask pair, e.g. "
+                                   f"{missing[:5]}; fix the list or set --config.data.folder.skip_bad_files=True.")
         if missing:
           logging.warning("Skipping %d stem(s) of %s without a usable pair: %s", len(missing), path, missing[:5])
         stems[name] = [stem for stem in listed if stem in by_stem]
@@ -217,15 +237,8 @@ def num_examples(data_config: ml_collections.ConfigDict, split: str) -> int:
 
 
 def _load_pair(image_path: bytes, mask_path: bytes, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  image_path, mask_path = image_path.decode(), mask_path.decode()
-  try:
-    with Image.open(image_path) as image:
-      pixels = np.asarray(image.convert("RGB"))
-    with Image.open(mask_path) as mask:
-      classes = table[_mask_values(mask, mask_path)]
-  except OSError as e:  # Truncated or corrupt data that the header check could not see.
-    raise BadFileError(f"cannot decode {image_path} or {mask_path}: {e}. Fix or remove the pair.") from None
-  return pixels, classes[..., None]
+  """Decodes as `_check_pair` did; a file changed since the scan still fails with its name."""
+  return _read_image(image_path.decode()), table[_read_mask(mask_path.decode())][..., None]
 
 
 def open_shard(data_config: ml_collections.ConfigDict, split: str, process_index: int, process_count: int) -> Shard:
