@@ -1,8 +1,13 @@
 """Two real JAX processes on localhost (gloo CPU collectives) see one 4-device world and reduce across it."""
 
+import importlib.machinery
+import importlib.util
 import json
+import pathlib
+import socket
 import sys
 
+import jax
 import pytest
 
 from unet_jax import distributed
@@ -60,6 +65,109 @@ def test_single_process_is_a_no_op(no_cluster_env):
   import jax  # pylint: disable=g-import-not-at-top
   assert not jax.distributed.is_initialized()
   assert jax.process_count() == 1
+
+
+_TPU_ENV_VARS = ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "MEGASCALE_COORDINATOR_ADDRESS", "TPU_SKIP_MDS_QUERY",
+                  "TPU_LIBRARY_PATH")
+
+
+def _pci_device(root: pathlib.Path, address: str, vendor: str, device: str) -> None:
+  (root / address).mkdir(parents=True)
+  (root / address / "vendor").write_text(vendor + "\n")
+  (root / address / "device").write_text(device + "\n")
+
+
+@pytest.fixture
+def jax_platforms():
+  """Sets jax.config.jax_platforms for one test (conftest runs the suite with JAX_PLATFORMS=cpu)."""
+  before = jax.config.jax_platforms
+  yield lambda value: jax.config.update("jax_platforms", value)
+  jax.config.update("jax_platforms", before)
+
+
+@pytest.fixture
+def machine(tmp_path, monkeypatch, no_cluster_env, jax_platforms):
+  """A fake sysfs PCI bus and /dev: a GCE CPU VM's Google NIC and NVMe, an NVIDIA GPU, VFIO and the generic accel
+  class (an NPU), but no TPU; no network, and libtpu installed only when a test says so."""
+  pci, dev = tmp_path / "pci", tmp_path / "dev"
+  _pci_device(pci, "0000:00:04.0", "0x1ae0", "0x0042")  # gVNIC.
+  _pci_device(pci, "0000:00:05.0", "0x1ae0", "0x001f")  # Google NVMe.
+  _pci_device(pci, "0000:00:06.0", "0x10de", "0x2330")  # NVIDIA H100.
+  (dev / "vfio").mkdir(parents=True)
+  (dev / "vfio" / "vfio").touch()
+  (dev / "accel").mkdir()
+  (dev / "accel" / "accel0").touch()
+  monkeypatch.setattr(distributed, "_PCI_DEVICES_DIR", pci)
+  monkeypatch.setattr(distributed, "_DEV_DIR", dev)
+  for name in _TPU_ENV_VARS:
+    monkeypatch.delenv(name, raising=False)
+  libtpu = {"installed": False}
+  real_find_spec = importlib.util.find_spec
+
+  def find_spec(name, *args, **kwargs):
+    if name == "libtpu":
+      return importlib.machinery.ModuleSpec("libtpu", None) if libtpu["installed"] else None
+    return real_find_spec(name, *args, **kwargs)
+
+  def no_network(*args, **kwargs):
+    raise AssertionError(f"network call {args} while detecting a TPU VM")
+
+  monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+  monkeypatch.setattr(socket, "create_connection", no_network)
+  monkeypatch.setattr(socket, "getaddrinfo", no_network)
+  monkeypatch.setattr(socket.socket, "connect", no_network)
+  jax_platforms(None)  # As on a TPU VM: not set.
+  return {"pci": pci, "dev": dev, "libtpu": libtpu}
+
+
+def test_cpu_machine_with_libtpu_is_not_a_tpu_vm(machine):
+  """CPU machines install libtpu to compile for TPUs ahead of time; that alone must not start a pod run."""
+  assert not distributed._on_cloud_tpu_vm()
+  machine["libtpu"]["installed"] = True
+  assert not distributed._on_cloud_tpu_vm()
+
+
+@pytest.mark.parametrize("chips", ["pci_v5e", "pci_v4", "dev_accel"])
+def test_tpu_vm_is_found_from_its_chips_and_libtpu(machine, monkeypatch, jax_platforms, chips):
+  if chips == "dev_accel":  # TPU v2-v4 device files, e.g. where sysfs is not mounted.
+    (machine["dev"] / "accel0").touch()
+  else:
+    _pci_device(machine["pci"], "0000:00:07.0", "0x1ae0", {"pci_v5e": "0x0063", "pci_v4": "0x005e"}[chips])
+  assert not distributed._on_cloud_tpu_vm()  # Chips without libtpu: JAX cannot use them.
+  machine["libtpu"]["installed"] = True
+  assert distributed._on_cloud_tpu_vm()
+  jax_platforms("cpu")
+  assert not distributed._on_cloud_tpu_vm()  # The run will not use the chips, so there is no slice to join.
+  jax_platforms("tpu,cpu")
+  assert distributed._on_cloud_tpu_vm()
+  monkeypatch.setenv("TPU_SKIP_MDS_QUERY", "1")
+  assert not distributed._on_cloud_tpu_vm()  # No metadata to discover the slice from, and no worker list.
+
+
+def test_tpu_library_path_counts_as_libtpu(machine, tmp_path, monkeypatch):
+  _pci_device(machine["pci"], "0000:00:07.0", "0x1ae0", "0x006f")
+  monkeypatch.setenv("TPU_LIBRARY_PATH", str(tmp_path / "missing.so"))
+  assert not distributed._on_cloud_tpu_vm()
+  (tmp_path / "libtpu.so").touch()
+  monkeypatch.setenv("TPU_LIBRARY_PATH", str(tmp_path / "libtpu.so"))
+  assert distributed._on_cloud_tpu_vm()
+
+
+@pytest.mark.parametrize("name", ["TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "MEGASCALE_COORDINATOR_ADDRESS"])
+def test_gke_and_multislice_pods_are_found_from_their_worker_list(machine, monkeypatch, name):
+  monkeypatch.setenv(name, "10.0.0.1,10.0.0.2")
+  assert distributed._on_cloud_tpu_vm()
+
+
+def test_initialize_leaves_the_slice_to_jax_auto_detection_only_on_a_tpu_vm(machine, monkeypatch):
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda *args, **kwargs: calls.append((args, kwargs)))
+  machine["libtpu"]["installed"] = True
+  distributed.initialize()
+  assert calls == []
+  (machine["dev"] / "accel0").touch()
+  distributed.initialize()
+  assert calls == [((), {})]
 
 
 def _worker() -> None:

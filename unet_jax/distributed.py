@@ -7,12 +7,26 @@ devices. A single-process run needs nothing, so the trainer calls it uncondition
 
 import importlib.util
 import os
+import pathlib
+import re
 
 import jax
 from absl import logging
 
-# Set on GKE TPU pods and multislice jobs; their presence alone means "a TPU cluster launched us".
+# Set on GKE TPU pods and multislice jobs: they list the slice's workers, which JAX's auto-detection reads.
 _TPU_CLUSTER_ENV_VARS = ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "MEGASCALE_COORDINATOR_ADDRESS")
+# Set: JAX's auto-detection must not ask the Cloud TPU metadata server for the worker list (JAX sets it itself where
+# no TPU chip is attached), so only the variables above can describe a slice.
+_SKIP_METADATA_ENV_VAR = "TPU_SKIP_MDS_QUERY"
+# TPU chips on the PCI bus: Google's vendor id and the TPU device ids (v2/v3, v4, v5p, v5e, v6e, 7x and one
+# unnamed), the probe JAX and tpu-info make. Other Google devices (gVNIC, NVMe on any GCE VM) are not TPUs.
+_GOOGLE_PCI_VENDOR_ID = "0x1ae0"
+_TPU_PCI_DEVICE_IDS = frozenset({"0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076"})
+_PCI_DEVICES_DIR = pathlib.Path("/sys/bus/pci/devices")
+# TPU v2-v4 chips appear as /dev/accel0, /dev/accel1, ... (later ones as /dev/vfio/N, which any VFIO passthrough
+# also creates, so those count only through the PCI probe). The kernel's generic accel class is /dev/accel/accelN.
+_DEV_DIR = pathlib.Path("/dev")
+_TPU_DEVICE_FILE = re.compile(r"accel\d+")
 
 
 def initialize(coordinator_address: str = "", num_processes: int = -1, process_id: int = -1) -> None:
@@ -96,14 +110,40 @@ def _check_explicit(coordinator_address: str, num_processes: int, process_id: in
 
 
 def _on_cloud_tpu_vm() -> bool:
-  """True on a Cloud TPU VM, decided from local state only (no metadata-server call on other machines).
+  """True where a bare `jax.distributed.initialize()` can find a TPU slice, decided from local state only.
 
-  JAX's own check at import time looks for libtpu and TPU chips on the PCI bus; GKE/multislice pods
-  also announce themselves through environment variables.
+  No network call: the metadata server exists only on Google Cloud, and JAX's auto-detection asks it only after this
+  says yes. GKE and multislice pods name their workers in environment variables; a Cloud TPU VM has TPU chips
+  attached and libtpu installed. libtpu alone is no sign (CPU machines install it to compile for TPUs ahead of time),
+  nor are chips that the run will not use (JAX_PLATFORMS without "tpu", e.g. tests on a TPU VM).
   """
   if any(os.environ.get(name) for name in _TPU_CLUSTER_ENV_VARS):
     return True
-  if importlib.util.find_spec("libtpu") is None:
+  if _SKIP_METADATA_ENV_VAR in os.environ or not _tpu_chips_attached():
     return False
-  from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
-  return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
+  platforms = jax.config.jax_platforms
+  if platforms and "tpu" not in platforms.split(","):
+    return False
+  if not _libtpu_installed():
+    logging.warning("TPU chips are attached but libtpu is not installed, so JAX cannot use them: running as one "
+                    "process on JAX's default backend. Install it with `pip install 'jax[tpu]'`.")
+    return False
+  return True
+
+
+def _tpu_chips_attached() -> bool:
+  """TPU chips on the PCI bus, or TPU device files; reads sysfs and /dev only."""
+  for device in _PCI_DEVICES_DIR.glob("*"):
+    try:
+      vendor, device_id = ((device / name).read_text().strip() for name in ("vendor", "device"))
+    except OSError:
+      continue
+    if vendor == _GOOGLE_PCI_VENDOR_ID and device_id in _TPU_PCI_DEVICE_IDS:
+      return True
+  return any(_TPU_DEVICE_FILE.fullmatch(path.name) and not path.is_dir() for path in _DEV_DIR.glob("accel*"))
+
+
+def _libtpu_installed() -> bool:
+  """The TPU runtime JAX loads: the libtpu package, or a library file named by TPU_LIBRARY_PATH."""
+  library_path = os.environ.get("TPU_LIBRARY_PATH", "")
+  return bool(library_path and os.path.isfile(library_path)) or importlib.util.find_spec("libtpu") is not None
