@@ -1,25 +1,48 @@
 """Orbax checkpoints in `workdir/checkpoints`, the run's config beside them, and the SIGTERM (preemption) notice.
 
 Orbax writes each step into a temporary directory and renames it when complete, so a run killed mid-save leaves the
-previous checkpoints as they were. The data position needs no saving: `data.train_batches(start_step=step)` resumes
-the stream exactly, so the state's step is the whole position.
+previous checkpoints as they were. A save that fails (a full disk) stops the run with the cause and the last
+complete step; a checkpoint that cannot be read (truncated files) is named, and the newest readable one before it is
+used. The data position needs no saving: `data.train_batches(start_step=step)` resumes the stream exactly, so the
+state's step is the whole position.
+
+`config.json` is the config that trained every checkpoint of the workdir: a resumed run may change how long it
+trains and how it reports (`num_train_steps`, the eval cadence, ...), which is recorded in `config_history.jsonl`,
+but not what the state is (the model, the input size, the optimizer): that would make the older checkpoints
+unreadable by `evaluate`, `predict` and `export`.
 """
 
+import contextlib
+import datetime
 import json
 import math
 import signal
 import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
-from unet_jax import default_config, sharding
+from unet_jax import default_config, errors, paths, sharding
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
+CONFIG_HISTORY_FILE = "config_history.jsonl"
+UNREADABLE_PREFIX = "unreadable-"  # An unreadable step directory is moved aside under this name, never deleted.
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"
+# Fields whose value defines the train state (its structure, or what its numbers mean). The rest only say how long to
+# train and how to report (steps, cadence, test-time averaging, where the data is) and may change on resume.
+STATE_FIELDS = ("model.", "data.image_size", "data.normalization", "optimizer", "grad_clip_norm", "unfreeze_at_step")
+# Under model.*: what only the first start reads (the pretrained weights) or how a convolution is computed.
+_NOT_STATE_FIELDS = ("model.pretrained", "model.imagenet_rows", "model.conv_impl")
+
+
+class CheckpointError(errors.UserError):
+  """A checkpoint could not be written or read; the message names the step, the directory and the cause."""
 
 
 def _mean_iou(metrics: dict[str, Any]) -> float:
@@ -40,15 +63,59 @@ def make_manager(workdir: str, *, max_to_keep: int, read_only: bool = False) -> 
       create=not read_only,
       cleanup_tmp_directories=not read_only,
       save_interval_steps=0 if read_only else 1,
+      # Saves finish before training goes on: a failed one (a full disk) stops the run at once, with its cause,
+      # instead of surfacing steps later from a background thread. This model's state is tens of MB.
+      enable_async_checkpointing=False,
   )
-  return ocp.CheckpointManager(epath.Path(workdir) / CHECKPOINT_DIR, options=options)
+  # Orbax takes absolute paths only; a Python caller's relative workdir means the current directory.
+  return ocp.CheckpointManager(epath.Path(paths.resolve(workdir)) / CHECKPOINT_DIR, options=options)
+
+
+def complete_steps(directory: epath.Path) -> list[int]:
+  """The steps whose save finished (Orbax renames a step directory into place only then), read from disk."""
+  if not directory.is_dir():
+    return []
+  return sorted(int(path.name) for path in directory.iterdir() if path.name.isdigit())
+
+
+def remove_interrupted_saves(directory: epath.Path) -> list[str]:
+  """Removes the half-written step directories a killed run left behind (process 0 only) and returns their names:
+  they hold no usable state, and a later save of the same step must not find them in its way."""
+  if not directory.is_dir():
+    return []
+  interrupted = sorted(path for path in directory.iterdir() if path.name.endswith(_TMP_SUFFIX))
+  if jax.process_index() == 0:
+    for path in interrupted:
+      path.rmtree()
+  return [path.name for path in interrupted]
+
+
+def _save_failed(manager: ocp.CheckpointManager, error: Exception) -> CheckpointError:
+  complete = complete_steps(manager.directory)
+  last = (f"The last complete checkpoint, step {complete[-1]}, is intact: fix the cause and rerun with the same "
+          f"--workdir to resume from it." if complete else "No checkpoint of this run is complete yet.")
+  return CheckpointError(f"Saving a checkpoint in {manager.directory} failed: {error}. Training stopped so that no "
+                         f"more work goes unsaved. {last}")
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, metrics: dict[str, Any] | None = None) -> bool:
-  """Saves `state` as `step` (asynchronously) unless that step is already saved; every process must call it."""
+  """Saves `state` as `step` unless that step is already saved; every process must call it. CheckpointError if the
+  save fails."""
   if step in manager.all_steps():
     return False
-  return manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+  try:
+    return manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+  except Exception as error:  # A full disk or a lost bucket: OSError, or TensorStore's errors as ValueError.
+    raise _save_failed(manager, error) from error
+
+
+def finish(manager: ocp.CheckpointManager) -> None:
+  """Waits for the manager's last save and cleanup; CheckpointError if it failed."""
+  try:
+    manager.wait_until_finished()
+    manager.check_for_errors()
+  except Exception as error:  # Whatever Orbax's threads hit: OSError, or TensorStore's errors as ValueError.
+    raise _save_failed(manager, error) from error
 
 
 def abstract_state(state_shapes: Any, mesh: jax.sharding.Mesh) -> Any:
@@ -61,21 +128,136 @@ def abstract_state(state_shapes: Any, mesh: jax.sharding.Mesh) -> Any:
 
 
 def restore(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
-  return manager.restore(step, args=ocp.args.StandardRestore(target))
+  """The state saved as `step`, shaped and placed as `target`; CheckpointError naming the step if it is unreadable."""
+  try:
+    return manager.restore(step, args=ocp.args.StandardRestore(target))
+  except Exception as error:  # Truncated or missing files surface as TensorStore, OCDBT or pytree errors.
+    raise CheckpointError(f"The checkpoint of step {step} in {manager.directory} cannot be read: "
+                          f"{_first_line(error)}") from error
 
 
-def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Writes the run's config as JSON beside the checkpoints (process 0 only), for evaluation and prediction."""
+def restore_newest_readable(manager: ocp.CheckpointManager, target: Callable[[int], Any], *,
+                            on_unreadable: Callable[[int], None] | None = None) -> tuple[int, Any]:
+  """(step, state) of the newest checkpoint that reads, `target(step)` giving the structure to restore into; each
+  unreadable one on the way is logged and handed to `on_unreadable`. CheckpointError when none reads."""
+  problems = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return step, restore(manager, step, target(step))
+    except CheckpointError as error:
+      logging.warning("%s; trying the checkpoint before it.", error)
+      problems.append(str(error))
+      if on_unreadable:
+        on_unreadable(step)
+  raise CheckpointError(f"No checkpoint in {manager.directory} can be read ({'; '.join(problems) or 'none saved'}). "
+                        f"Train in a new --workdir, or restore the files from a backup.")
+
+
+def set_aside(manager: ocp.CheckpointManager, step: int) -> None:
+  """Moves an unreadable step directory to unreadable-<step> (kept for inspection), so that the resumed run can save
+  that step again; process 0 only, then every manager reloads its list of steps."""
   if jax.process_index() == 0:
-    path = epath.Path(workdir) / CONFIG_FILE
+    source = manager.directory / str(step)
+    target = manager.directory / f"{UNREADABLE_PREFIX}{step}"
+    if target.exists():
+      target = manager.directory / f"{UNREADABLE_PREFIX}{step}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    source.rename(target)
+    logging.warning("Moved the unreadable checkpoint of step %d to %s.", step, target)
+  manager.reload()
+
+
+@contextlib.contextmanager
+def closing(manager: ocp.CheckpointManager) -> Iterator[ocp.CheckpointManager]:
+  """Closes `manager` on the way out: after waiting for its last save (CheckpointError if that failed), or, when the
+  block raised, without letting a second error from the saves hide the first."""
+  try:
+    yield manager
+  except BaseException:
+    try:
+      manager.close()
+    except Exception as error:  # pylint: disable=broad-except
+      logging.error("Closing the checkpoints in %s also failed: %s", manager.directory, _first_line(error))
+    raise
+  try:
+    finish(manager)
+  finally:
+    manager.close()
+
+
+class Preempted(Exception):
+  """The run saved a checkpoint on SIGTERM and stopped before its last step; rerunning it resumes there."""
+
+  def __init__(self, step: int, directory: epath.Path):
+    super().__init__(f"Preempted (SIGTERM) at step {step}: saved a checkpoint in {directory}; rerun with the same "
+                     f"--workdir to resume.")
+    self.step = step
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip() or type(error).__name__
+  return text.splitlines()[0][:500]
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def _is_state_field(field: str) -> bool:
+  return field.startswith(STATE_FIELDS) and not field.startswith(_NOT_STATE_FIELDS)
+
+
+def config_changes(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
+  """{field: (saved value, new value)} for every field whose value differs, compared as JSON (tuples = lists)."""
+  before = _flat(json.loads(saved.to_json_best_effort()))
+  after = _flat(json.loads(config.to_json_best_effort()))
+  return {field: (before.get(field), after.get(field)) for field in sorted(before.keys() | after.keys())
+          if before.get(field) != after.get(field)}
+
+
+def record_config(workdir: str, config: ml_collections.ConfigDict, *, has_checkpoints: bool) -> None:
+  """Writes the run's config as JSON beside the checkpoints (process 0 only), for evaluation and prediction.
+
+  When the workdir already holds checkpoints, the config they were trained with is kept: a change of a state field
+  is refused (ConfigError) before anything is written; other changes are appended to config_history.jsonl.
+  """
+  path = epath.Path(workdir) / CONFIG_FILE
+  if has_checkpoints and path.exists():
+    changes = config_changes(load_config(workdir), config)
+    refused = {field: change for field, change in changes.items() if _is_state_field(field)}
+    if refused:
+      listed = "; ".join(f"{field} was {before!r}, now {after!r}" for field, (before, after) in refused.items())
+      flags = " ".join(f"--config.{field}={_flag_value(before)}" for field, (before, _) in refused.items())
+      raise errors.ConfigError(
+          f"{workdir} holds checkpoints of another model or optimizer than this config's: {listed}. A resumed run "
+          f"must keep what its state is. Resume with the run's values ({flags}), or train in a new --workdir.")
+    if not changes:
+      return
+    if jax.process_index() == 0:
+      entry = {"time": datetime.datetime.now().isoformat(timespec="seconds"),
+               "changes": {field: {"from": before, "to": after} for field, (before, after) in changes.items()}}
+      with (epath.Path(workdir) / CONFIG_HISTORY_FILE).open("a") as history:
+        history.write(json.dumps(entry) + "\n")
+  if jax.process_index() == 0:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def _flag_value(value: Any) -> str:
+  if isinstance(value, list):
+    return "(" + ",".join(map(str, value)) + ",)"
+  return str(value)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = epath.Path(workdir) / CONFIG_FILE
   if not path.exists():
-    raise FileNotFoundError(f"{path} does not exist: is {workdir!r} the --workdir of a training run?")
+    raise errors.InputNotFoundError(f"{path} does not exist: is {workdir!r} the --workdir of a training run?")
   return ml_collections.ConfigDict(_with_defaults(json.loads(path.read_text()), default_config.get_config().to_dict()))
 
 

@@ -6,6 +6,8 @@ does nothing, so the loop needs no `if process_index == 0` around each call.
 
 import json
 import math
+import time
+from collections.abc import Callable
 from typing import Any
 
 from etils import epath
@@ -53,3 +55,26 @@ def _format(value: Any) -> str:
   if isinstance(value, float) and math.isfinite(value) and abs(value) < 1e4:
     return f"{value:.4f}"
   return str(value)
+
+
+class Throughput:
+  """Images per second over the steps trained since the last mark.
+
+  The trainer marks (`restart`) after anything that is not training (an eval, a checkpoint), so a log line after one
+  counts only the steps and the time that followed it.
+  """
+
+  def __init__(self, step: int, batch_size: int, clock: Callable[[], float] = time.perf_counter):
+    self._batch_size = batch_size
+    self._clock = clock
+    self.restart(step)
+
+  def restart(self, step: int) -> None:
+    self._step, self._time = step, self._clock()
+
+  def images_per_second(self, step: int) -> float:
+    """The rate since the last mark, which moves to `step`."""
+    images = (step - self._step) * self._batch_size
+    seconds = self._clock() - self._time
+    self.restart(step)
+    return images / seconds if seconds > 0 else math.nan
