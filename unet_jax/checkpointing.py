@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import json
 import math
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -71,16 +72,18 @@ def make_manager(workdir: str, *, max_to_keep: int, read_only: bool = False) -> 
   return ocp.CheckpointManager(epath.Path(paths.resolve(workdir)) / CHECKPOINT_DIR, options=options)
 
 
-def complete_steps(directory: epath.Path) -> list[int]:
+def complete_steps(directory: str | os.PathLike) -> list[int]:
   """The steps whose save finished (Orbax renames a step directory into place only then), read from disk."""
+  directory = epath.Path(directory)
   if not directory.is_dir():
     return []
   return sorted(int(path.name) for path in directory.iterdir() if path.name.isdigit())
 
 
-def remove_interrupted_saves(directory: epath.Path) -> list[str]:
+def remove_interrupted_saves(directory: str | os.PathLike) -> list[str]:
   """Removes the half-written step directories a killed run left behind (process 0 only) and returns their names:
   they hold no usable state, and a later save of the same step must not find them in its way."""
+  directory = epath.Path(directory)
   if not directory.is_dir():
     return []
   interrupted = sorted(path for path in directory.iterdir() if path.name.endswith(_TMP_SUFFIX))
