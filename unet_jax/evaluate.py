@@ -2,7 +2,8 @@
 
 Runs the trainer's own eval (its jitted eval step, confusion matrix over the whole split, padding excluded), so the
 figures equal the ones the training run logged for that checkpoint. The run's config comes from the workdir;
-`--config.data.*` (another split, data_dir, ...) and `--config.batch_size` may change for this evaluation only.
+`--config.data.*` (another split, data_dir, ...), `--config.batch_size` and the test-time augmentation
+(`--config.eval_flip_average`, `--config.eval_scales`) may change for this evaluation only (`OVERRIDABLE_PREFIXES`).
 Prints a table and writes the metrics as JSON to workdir/evaluation/step_XXXXXX_<split>.json (`--json` prints the
 JSON instead of the table). An evaluation with overrides records them in its JSON and names the file after them
 (step_XXXXXX_<split>_<hash of the overrides>.json), so evaluations with other test-time settings do not overwrite
@@ -23,7 +24,7 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from unet_jax import checkpointing, data, default_config, distributed, predict, train
+from unet_jax import checkpointing, cli, data, default_config, distributed, paths, predict, train
 
 EVALUATION_DIR = "evaluation"
 # The fields an evaluation may change: which examples it reads and how many at once, never the model.
@@ -110,14 +111,16 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; options go as --flag=value.")
   distributed.initialize()
   options = flags.FLAGS
-  overrides = config_flags.get_override_values(options["config"])
+  workdir = paths.resolve(options.workdir)
+  overrides = {field: cli.resolve_path_field(field, value)
+               for field, value in config_flags.get_override_values(options["config"]).items()}
   try:
-    metrics = evaluate_checkpoint(options.workdir, options.checkpoint, overrides)
-  except (FileNotFoundError, ValueError) as error:
+    metrics = evaluate_checkpoint(workdir, options.checkpoint, overrides)
+  except (FileNotFoundError, ValueError) as error:  # Bad input that is no errors.UserError yet (checkpoints, data).
     sys.exit(f"evaluate: error: {error}")
   if jax.process_index() != 0:
     return
-  path = write_json(options.workdir, metrics)
+  path = write_json(workdir, metrics)
   print(to_json(metrics) if options.json else f"{format_table(metrics)}\n\nWrote {path}")
 
 
@@ -125,12 +128,15 @@ def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "The training run's --workdir.")
   flags.DEFINE_string("checkpoint", "latest", f"Which checkpoint: {predict.CHECKPOINT_CHOICES} (by eval mean IoU).")
   flags.DEFINE_bool("json", False, "Print the metrics as JSON instead of the table.")
-  # The defaults only define which fields exist; the run's own config.json supplies the values.
-  config_flags.DEFINE_config_dict("config", default_config.get_config(), "Changes to the run's config for this "
-                                  "evaluation: --config.data.* and --config.batch_size only.", lock_config=True)
+  # The defaults only define which fields exist; the run's own config.json supplies the values. The flag applies its
+  # --config.* overrides as it is defined: an unknown field is a one-line error before ml_collections' KeyError.
+  fields = default_config.get_config()
+  cli.check_overrides(fields, sys.argv)
+  config_flags.DEFINE_config_dict("config", fields, "Changes to the run's config for this evaluation: "
+                                  "--config.data.*, --config.batch_size, --config.eval_flip_average and "
+                                  "--config.eval_scales only.", lock_config=True)
+  flags.mark_flags_as_required(["workdir"])
 
 
 if __name__ == "__main__":
-  _define_flags()
-  flags.mark_flags_as_required(["workdir"])
-  app.run(main, flags_parser=train.parse_flags)
+  cli.run(main, name="evaluate", define_flags=_define_flags)

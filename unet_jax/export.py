@@ -17,7 +17,7 @@ import tensorflow as tf
 from absl import app, flags
 from jax.experimental import jax2tf
 
-from unet_jax import data, predict
+from unet_jax import cli, data, paths, predict
 
 SIGNATURE_KEY = "serving_default"
 
@@ -55,12 +55,13 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; options go as --flag=value.")
   options = flags.FLAGS
+  output = paths.resolve(options.output)
   try:
-    predictor = predict.Predictor.from_workdir(options.workdir, options.checkpoint)
-  except (FileNotFoundError, ValueError) as error:
+    predictor = predict.Predictor.from_workdir(paths.resolve(options.workdir), options.checkpoint)
+  except (FileNotFoundError, ValueError) as error:  # Bad input that is no errors.UserError yet (checkpoints).
     raise SystemExit(f"export: error: {error}") from None
-  export_saved_model(predictor, options.output, options.platforms)
-  print(f"Wrote {options.output}: signature {SIGNATURE_KEY!r} maps uint8 images [N, H, W, 3] to int32 masks "
+  export_saved_model(predictor, output, options.platforms)
+  print(f"Wrote {output}: signature {SIGNATURE_KEY!r} maps uint8 images [N, H, W, 3] to int32 masks "
         f"[N, H, W].")
 
 
@@ -70,9 +71,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("output", None, "The SavedModel directory to write (e.g. WORKDIR/saved_model).")
   flags.DEFINE_list("platforms", ["cpu", "cuda"], "Platforms the exported model runs on (jax2tf "
                     "native_serialization_platforms: cpu, cuda, rocm, tpu).")
+  flags.mark_flags_as_required(["workdir", "output"])
 
 
 if __name__ == "__main__":
-  _define_flags()
-  flags.mark_flags_as_required(["workdir", "output"])
-  app.run(main)
+  cli.run(main, name="export", define_flags=_define_flags)

@@ -24,7 +24,7 @@ from absl import app, flags, logging
 from etils import epath
 from tqdm import tqdm
 
-from unet_jax import checkpointing, data, image_io, sharding, train, train_state
+from unet_jax import checkpointing, cli, data, image_io, paths, sharding, train, train_state
 from unet_jax.models.unet import INPUT_MULTIPLE, inference_logits
 
 CHECKPOINT_CHOICES = "'latest', 'best' or a step number"
@@ -213,16 +213,16 @@ def predict_files(predictor: Predictor, files: Sequence[tuple[pathlib.Path, path
 
 
 def main(argv: Sequence[str]) -> None:
-  paths = argv[1:]
-  if not paths:
+  inputs = [paths.resolve(path) for path in argv[1:]]
+  if not inputs:
     raise app.UsageError("Give the images to predict: files and/or directories after the flags.")
   options = flags.FLAGS
   try:
-    files = find_inputs(paths)
-    predictor = Predictor.from_workdir(options.workdir, options.checkpoint, batch_size=options.batch_size,
-                                       keep_size=options.keep_size)
-    failures = predict_files(predictor, files, options.output)
-  except (FileNotFoundError, ValueError) as error:  # Bad input: the message says what to do, no traceback.
+    files = find_inputs(inputs)
+    predictor = Predictor.from_workdir(paths.resolve(options.workdir), options.checkpoint,
+                                       batch_size=options.batch_size, keep_size=options.keep_size)
+    failures = predict_files(predictor, files, paths.resolve(options.output))
+  except (FileNotFoundError, ValueError) as error:  # Bad input that is no errors.UserError yet (checkpoints, images).
     sys.exit(f"predict: error: {error}")
   if failures:
     print(f"{len(failures)} file(s) could not be read and were skipped:", file=sys.stderr)
@@ -240,9 +240,8 @@ def _define_flags() -> None:
   flags.DEFINE_bool("keep_size", False, "Predict at each image's own resolution (padded to a multiple of "
                     f"{INPUT_MULTIPLE}) instead of resizing it to the model's training size.")
   flags.DEFINE_integer("batch_size", 8, "Images per forward pass.")
+  flags.mark_flags_as_required(["workdir", "output"])
 
 
 if __name__ == "__main__":
-  _define_flags()
-  flags.mark_flags_as_required(["workdir", "output"])
-  app.run(main)
+  cli.run(main, name="predict", define_flags=_define_flags)

@@ -18,7 +18,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from unet_jax import train, train_state
+from unet_jax import cli, train_state
 
 
 
@@ -127,9 +127,12 @@ def main(argv: Sequence[str]) -> None:
   print(format_summary(summarize(flags.FLAGS.config)))
 
 
-if __name__ == "__main__":
-  # Flags only for the program, as the trainer's: importing a module must claim no flag names.
+def _define_flags() -> None:
+  """Only for the program, as the trainer's: importing a module must claim no flag names."""
   config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pets.py; override fields with "
                                   "--config.field=value.", lock_config=True)
   flags.mark_flags_as_required(["config"])
-  app.run(main, flags_parser=train.parse_flags)  # An unknown --config.field is a one-line error, as in training.
+
+
+if __name__ == "__main__":
+  cli.run(main, name="summary", define_flags=_define_flags)
