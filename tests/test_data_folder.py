@@ -252,6 +252,16 @@ def test_folder_decodes_images_as_predict_does(root):
     np.testing.assert_array_equal(masks[i][:, centres], np.broadcast_to([0, 1, 2], (24, 3)))
 
 
+def test_large_images_are_read_at_full_size(root, monkeypatch):
+  """Prediction reads images over image_io.MAX_PIXELS downscaled; training must not, or they would not fit masks."""
+  monkeypatch.setattr(image_io.read_image, "__defaults__", (100,))  # Any image here is over a 100-pixel default.
+  assert data.num_examples(folder_config(root), "all") == 10
+  table = folder._lookup_table(folder.parse_value_map(VALUE_MAP))
+  image, mask = (str(root / kind / "s00.png").encode() for kind in ("images", "masks"))
+  pixels, mask = folder._load_pair(image, mask, table)
+  assert pixels.shape == (H, W, 3) and mask.shape == (H, W, 1)
+
+
 def test_missing_folders_are_clear_errors(tmp_path):
   with pytest.raises(errors.ConfigError, match="needs --config.data.folder.root=DIR"):
     data.num_examples(folder_config(""), "train")

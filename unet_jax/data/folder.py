@@ -87,9 +87,9 @@ def _lookup_table(value_map: dict[int, int], max_raw: int = 255) -> np.ndarray:
 
 
 def _read_image(path: str) -> np.ndarray:
-  """uint8 [H, W, 3], decoded exactly as `unet_jax.predict` decodes its inputs."""
+  """uint8 [H, W, 3], decoded as `unet_jax.predict` decodes its inputs, but always at full size: the mask must match."""
   try:
-    return image_io.read_image(path)
+    return image_io.read_image(path, max_pixels=None)
   except image_io.ImageReadError as e:
     raise BadFileError(f"cannot read image {path}: {e.__cause__ or e}") from None
 
