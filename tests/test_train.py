@@ -6,6 +6,7 @@ preempted) are compared with it.
 
 import json
 import pathlib
+import shutil
 import signal
 import subprocess
 import time
@@ -18,7 +19,7 @@ from PIL import Image
 
 import train_testlib
 from train_testlib import synthetic_data_dir  # noqa: F401  (a fixture)
-from unet_jax import checkpointing, data, sharding, train
+from unet_jax import checkpointing, data, errors, sharding, train
 
 NUM_STEPS = train_testlib.TINY["num_train_steps"]
 
@@ -68,6 +69,7 @@ def eight_devices(tmp_path_factory, synthetic_data_dir):  # noqa: F811
 def test_cli_writes_metrics_checkpoints_predictions_and_tensorboard(reference):
   workdir, log = reference
   assert "processes=1 devices=1" in log
+  assert "Starting at step 0: " in log and "holds no complete checkpoint." in log
 
   train_events = _events(workdir, "train")
   assert [e["step"] for e in train_events] == list(range(1, NUM_STEPS + 1))
@@ -133,23 +135,135 @@ def test_sigkill_and_restart_ends_bitwise_equal_to_an_uninterrupted_run(referenc
   jax.tree.map(np.testing.assert_array_equal, _checkpoint(workdir, NUM_STEPS), _checkpoint(reference[0], NUM_STEPS))
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, synthetic_data_dir):  # noqa: F811
+def test_sigterm_saves_a_checkpoint_and_exits_as_preempted(tmp_path, synthetic_data_dir):  # noqa: F811
   workdir = tmp_path / "run"
   log = tmp_path / "preempted.log"
   process = _start_trainer(workdir, synthetic_data_dir, log)
   _wait_for_checkpoint(process, workdir, 2)
   process.send_signal(signal.SIGTERM)
-  assert process.wait(timeout=120) == 0
+  # Not 0: a scheduler must see that the run did not finish (and rerun it, which resumes).
+  assert process.wait(timeout=120) == train.PREEMPTED_EXIT_CODE == 143
   message = [line for line in log.read_text().splitlines() if "Preempted (SIGTERM) at step" in line]
   assert message, log.read_text()[-3000:]
   step = int(message[0].split("at step ")[1].split(":")[0])
   assert step in _saved_steps(workdir)
 
 
+def _copy_of(workdir: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  return copy
+
+
+def test_resuming_with_another_model_is_refused_and_the_run_kept(reference, tmp_path, synthetic_data_dir):  # noqa: F811
+  workdir = _copy_of(reference[0], tmp_path)
+  config_json = (workdir / checkpointing.CONFIG_FILE).read_bytes()
+  result = train_testlib.run_trainer(workdir, synthetic_data_dir, {"model.alpha": 0.5, "num_train_steps": 8},
+                                     check=False)
+  assert result.returncode == 1
+  assert "model.alpha was 0.35, now 0.5" in result.stderr and "--config.model.alpha=0.35" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert (workdir / checkpointing.CONFIG_FILE).read_bytes() == config_json
+  assert _saved_steps(workdir) == _saved_steps(reference[0])
+
+
+def test_resuming_longer_records_the_change_and_removes_an_interrupted_save(reference, tmp_path,
+                                                                            synthetic_data_dir):  # noqa: F811
+  workdir = _copy_of(reference[0], tmp_path)
+  (workdir / "checkpoints" / "8.orbax-checkpoint-tmp" / "default.orbax-checkpoint-tmp").mkdir(parents=True)
+  result = train_testlib.run_trainer(workdir, synthetic_data_dir, {"num_train_steps": 8})
+  assert (f"Resumed from {workdir / 'checkpoints'} at step {NUM_STEPS}, its newest readable checkpoint (the "
+          f"interrupted save(s) ['8.orbax-checkpoint-tmp'] of an earlier run were removed)") in result.stderr
+  assert 8 in _saved_steps(workdir)
+  (entry,) = map(json.loads, (workdir / checkpointing.CONFIG_HISTORY_FILE).read_text().splitlines())
+  assert entry["changes"] == {"num_train_steps": {"from": NUM_STEPS, "to": 8}}
+  assert checkpointing.load_config(workdir).num_train_steps == 8
+
+
+def test_an_unreadable_latest_checkpoint_resumes_from_the_one_before_exactly(reference, tmp_path,
+                                                                             synthetic_data_dir):  # noqa: F811
+  workdir = _copy_of(reference[0], tmp_path)
+  for path in (workdir / "checkpoints" / str(NUM_STEPS)).rglob("*"):
+    if path.is_file() and "ocdbt" in str(path):
+      path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])  # Truncated, as by a full disk or a cut copy.
+  result = train_testlib.run_trainer(workdir, synthetic_data_dir)
+  assert f"The checkpoint of step {NUM_STEPS} in {workdir / 'checkpoints'} cannot be read" in result.stderr
+  assert "Resumed from" in result.stderr and f"step(s) [{NUM_STEPS}] were moved aside" in result.stderr
+  assert (workdir / "checkpoints" / f"{checkpointing.UNREADABLE_PREFIX}{NUM_STEPS}").is_dir()
+  jax.tree.map(np.testing.assert_array_equal, _checkpoint(workdir, NUM_STEPS), _checkpoint(reference[0], NUM_STEPS))
+
+
+@pytest.mark.parametrize("field, value", [("num_train_steps", 0), ("num_train_steps", -5), ("eval_every_steps", 0),
+                                          ("log_every_steps", 0), ("checkpoint_every_steps", -2)])
+def test_step_counts_that_cannot_work_fail_before_anything_is_written(tmp_path, field, value):
+  config = train_testlib.tiny_config(tmp_path / "tfds", {field: value})
+  with pytest.raises(errors.ConfigError, match=f"config.{field}={value} must be (a )?positive"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_a_workdir_that_cannot_be_written_fails_before_training(tmp_path, synthetic_data_dir):  # noqa: F811
+  (tmp_path / "a_file").write_text("")
+  with pytest.raises(errors.ConfigError, match="Cannot write to the workdir .*a_file/run"):
+    train.train_and_evaluate(train_testlib.tiny_config(synthetic_data_dir), str(tmp_path / "a_file" / "run"))
+
+
+def test_a_diverging_loss_is_warned_about_once_per_split(caplog):
+  config = train_testlib.tiny_config("", {"learning_rate": 1e6})
+  assert train.divergence_threshold(config) == pytest.approx(10 * np.log(3))
+  warning = train._DivergenceWarning(config)  # pylint: disable=protected-access
+  with caplog.at_level("WARNING"):
+    warning.check("train", 1, 1.2)  # A fresh model's loss: near log(3).
+    assert not caplog.records
+    warning.check("train", 50, 1e12)
+    warning.check("train", 100, 1e13)
+    warning.check("eval", 100, 1e15)
+  messages = [record.getMessage() for record in caplog.records]
+  assert len(messages) == 2 and "1e+12 at step 50" in messages[0] and "learning_rate (now 1e+06)" in messages[0]
+  assert "eval loss is 1e+15" in messages[1]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 6 MB tmpfs: room for the tiny run's frozen-phase checkpoints of steps 2 and 3, not for step 4's."""
+  mount_point = tmp_path / "small_disk"
+  mount_point.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount_point)], capture_output=True,
+                           text=True)
+  if mounted.returncode:
+    pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
+  yield mount_point
+  subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_full_disk_stops_the_run_with_the_cause_and_the_last_complete_checkpoint(small_disk, synthetic_data_dir):  # noqa: F811
+  workdir = small_disk / "run"
+  result = train_testlib.run_trainer(workdir, synthetic_data_dir, check=False)
+  assert result.returncode == 1
+  assert f"train: error: Saving a checkpoint in {workdir / 'checkpoints'} failed" in result.stderr
+  assert "No space left on device" in result.stderr and "last complete checkpoint, step 3, is intact" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert _saved_steps(workdir)[-1] == 3
+  restored = _checkpoint(workdir, 3)
+  assert int(restored["step"]) == 3 and all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(restored["params"]))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"batch_size": 0}, "config.batch_size=0 must be positive"),
+    ({"data.image_size": 100}, "multiple of 32"),
+    ({"data.name": "folder", "data.folder.root": "no_such_dir"}, "no_such_dir/images"),
+])
+def test_user_errors_are_the_message_alone(tmp_path, synthetic_data_dir, overrides, message):  # noqa: F811
+  result = train_testlib.run_trainer(tmp_path / "run", synthetic_data_dir, overrides, check=False)
+  assert result.returncode == 1
+  assert "train: error: " in result.stderr and message in result.stderr
+  assert "Traceback" not in result.stderr
+
+
 def test_unknown_config_key_is_a_clear_error(tmp_path, synthetic_data_dir):  # noqa: F811
   result = train_testlib.run_trainer(tmp_path / "run", synthetic_data_dir, {"model.alfa": 0.5}, check=False)
   assert result.returncode != 0
-  assert "--config.model.alfa=0.5: the config has no field 'alfa'" in result.stderr
+  assert "--config.model.alfa=0.5: the config has no field 'model.alfa'; did you mean 'model.alpha'?" in result.stderr
   assert "Traceback" not in result.stderr
 
 

@@ -82,8 +82,9 @@ def trainer_env(devices: int = 1) -> dict[str, str]:
 
 
 def run_trainer(workdir: os.PathLike, data_dir: os.PathLike, overrides: dict | None = None, *, devices: int = 1,
-                check: bool = True) -> subprocess.CompletedProcess:
-  result = subprocess.run(trainer_command(workdir, data_dir, overrides), env=trainer_env(devices), cwd=REPO_ROOT,
+                check: bool = True, cwd: os.PathLike = REPO_ROOT) -> subprocess.CompletedProcess:
+  """The trainer CLI; a relative `workdir` is relative to `cwd`, as for a user."""
+  result = subprocess.run(trainer_command(workdir, data_dir, overrides), env=trainer_env(devices), cwd=cwd,
                           capture_output=True, text=True, timeout=600)
   if check and result.returncode != 0:
     raise AssertionError(f"trainer exited {result.returncode}:\n{result.stderr[-6000:]}")
@@ -109,6 +110,6 @@ def run_once_per_session(tmp_path_factory: pytest.TempPathFactory, name: str, da
   workdir, log = root / name, root / f"{name}.log"
   with open(root / f"{name}.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes.
-    if not log.exists():
-      log.write_text(run_trainer(workdir, data_dir, devices=devices).stderr)
+    if not log.exists():  # A relative --workdir, as users type it.
+      log.write_text(run_trainer(pathlib.Path(name), data_dir, devices=devices, cwd=root).stderr)
   return workdir, log.read_text()

@@ -9,10 +9,10 @@ import contextlib
 import datetime
 import functools
 import logging as std_logging
+import math
 import pathlib
-import re
+import signal
 import sys
-import time
 from typing import Any
 
 import jax
@@ -25,10 +25,13 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 FLAGS = flags.FLAGS
+# A run stopped by SIGTERM exits as a process killed by it would (128 + 15), after saving: a scheduler sees it did not
+# finish, and rerunning the same command resumes it.
+PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
 
-from unet_jax import (checkpointing, data, distributed, losses, metric_writers, metrics, sharding, train_state,
-                      visualize)
-from unet_jax.models.unet import check_test_time_scales, inference_logits
+from unet_jax import (checkpointing, cli, data, distributed, errors, losses, metric_writers, metrics, paths, sharding,
+                      train_state, visualize)
+from unet_jax.models.unet import INPUT_MULTIPLE, check_test_time_scales, inference_logits
 from unet_jax.train_state import TrainState
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx: optax.GradientTransformation,
@@ -121,7 +124,8 @@ def evaluate(eval_fn, state: TrainState, config: ml_collections.ConfigDict,
     loss_sum += float(sums["loss_sum"])
     weight_sum += float(sums["weight_sum"])
   if first_batch is None:
-    raise ValueError(f"The eval split {config.data.eval_split!r} of {config.data.name!r} holds no examples.")
+    raise errors.ConfigError(f"The eval split {config.data.eval_split!r} of {config.data.name!r} holds no examples; "
+                             f"set --config.data.eval_split to a split that has some.")
   return ({"loss": loss_sum / weight_sum, **metrics.segmentation_metrics(confusion),
            "confusion_matrix": confusion.tolist()}, first_batch)
 
@@ -144,10 +148,10 @@ def make_init_fn(config: ml_collections.ConfigDict, model, tx: optax.GradientTra
   return init
 
 
-def _restore(manager, step: int, config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation,
-             mesh: jax.sharding.Mesh) -> TrainState:
-  target = checkpointing.abstract_state(jax.eval_shape(make_init_fn(config, model, tx)), mesh)
-  return checkpointing.restore(manager, step, target)
+def abstract_state(config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation,
+                   mesh: jax.sharding.Mesh) -> TrainState:
+  """The state's shapes and dtypes, replicated on `mesh`: what a checkpoint restores into (nothing is computed)."""
+  return checkpointing.abstract_state(jax.eval_shape(make_init_fn(config, model, tx)), mesh)
 
 
 def restore_state(config: ml_collections.ConfigDict, workdir: str, step: int, mesh: jax.sharding.Mesh) -> TrainState:
@@ -158,14 +162,18 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str, step: int, me
   tx = train_state.make_optimizer(config, max(step, 1), train_encoder=train_state.encoder_trains(config, step))
   with contextlib.closing(checkpointing.make_manager(workdir, max_to_keep=config.max_to_keep,
                                                      read_only=True)) as manager:
-    return _restore(manager, step, config, model, tx, mesh)
+    return checkpointing.restore(manager, step, abstract_state(config, model, tx, mesh))
+
+
+class DivergedError(errors.UserError, FloatingPointError):
+  """The loss became NaN or infinite; the run stopped before saving the diverged state."""
 
 
 def _check_finite(step_metrics: list[tuple[int, dict[str, np.ndarray]]], manager) -> None:
   """Stops the run on the first NaN/inf loss, before anything saves the diverged state."""
   for step, values in step_metrics:
     if not np.isfinite(values["loss"]):
-      raise FloatingPointError(
+      raise DivergedError(
           f"The training loss is {values['loss']} at step {step}: the run diverged and stops here. The last good "
           f"checkpoint (step {manager.latest_step()}) in {manager.directory} is intact. Lower "
           f"config.learning_rate or set config.grad_clip_norm, and train in a fresh --workdir (resuming this one "
@@ -178,21 +186,94 @@ def _derived_steps(config: ml_collections.ConfigDict) -> tuple[int, int, int, in
   num_train_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
   eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
   checkpoint_every = config.checkpoint_every_steps if config.checkpoint_every_steps > 0 else steps_per_epoch
-  return num_train_steps, max(config.log_every_steps, 1), eval_every, checkpoint_every
+  return num_train_steps, config.log_every_steps, eval_every, checkpoint_every
 
 
 def _validate(config: ml_collections.ConfigDict) -> None:
+  """Config values that cannot work fail here, before any data is read or anything is written."""
   num_classes = config.model.num_classes
   if config.class_weights and len(config.class_weights) != num_classes:
-    raise ValueError(f"config.class_weights={tuple(config.class_weights)} has {len(config.class_weights)} values but "
-                     f"config.model.num_classes={num_classes}: give one weight per class, or () for uniform.")
+    raise errors.ConfigError(
+        f"config.class_weights={tuple(config.class_weights)} has {len(config.class_weights)} values but "
+        f"config.model.num_classes={num_classes}: give one weight per class, or () for uniform.")
   if config.batch_size <= 0:
-    raise ValueError(f"config.batch_size={config.batch_size} must be positive.")
+    raise errors.ConfigError(f"config.batch_size={config.batch_size} must be positive.")
+  size = config.data.image_size
+  if size <= 0 or size % INPUT_MULTIPLE:
+    lower = max(INPUT_MULTIPLE, size // INPUT_MULTIPLE * INPUT_MULTIPLE)
+    raise errors.ConfigError(f"config.data.image_size={size} must be a positive multiple of {INPUT_MULTIPLE} (the "
+                             f"encoder's output stride), e.g. {lower} or {lower + INPUT_MULTIPLE}.")
+  derived = {"num_train_steps": "num_epochs x steps per epoch", "eval_every_steps": "once per epoch",
+             "checkpoint_every_steps": "once per epoch"}
+  for field, meaning in derived.items():
+    if config[field] == 0 or config[field] < -1:
+      raise errors.ConfigError(f"config.{field}={config[field]} must be a positive number of steps, or -1 for "
+                               f"{meaning}.")
+  if config.num_train_steps == -1 and config.num_epochs <= 0:
+    raise errors.ConfigError(f"config.num_epochs={config.num_epochs} must be positive (or set "
+                             f"config.num_train_steps).")
+  for field in ("log_every_steps", "max_to_keep"):
+    if config[field] <= 0:
+      raise errors.ConfigError(f"config.{field}={config[field]} must be positive.")
   check_test_time_scales(config.eval_scales)
 
 
+def _check_writable(workdir: str) -> None:
+  """A workdir that cannot be written fails before training, not at the first checkpoint minutes later."""
+  if jax.process_index() != 0:
+    return
+  probe = epath.Path(workdir) / ".write_test"
+  try:
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_text("")
+    probe.unlink()
+  except OSError as error:
+    raise errors.ConfigError(f"Cannot write to the workdir {workdir}: {error.strerror or error}. Pass a --workdir "
+                             f"you can write to.") from None
+
+
+def divergence_threshold(config: ml_collections.ConfigDict) -> float:
+  """A loss above 10x that of predicting every class with equal probability: the model is far worse than guessing."""
+  class_weight = max(config.class_weights, default=1.0)
+  return 10.0 * (math.log(config.model.num_classes) * class_weight + config.dice_weight)
+
+
+class _DivergenceWarning:
+  """Warns once per split when the loss is finite but far above chance (a learning rate far too high)."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self._threshold = divergence_threshold(config)
+    self._learning_rate = config.learning_rate
+    self._warned: set[str] = set()
+
+  def check(self, split: str, step: int, loss: float) -> None:
+    if loss > self._threshold and split not in self._warned:
+      self._warned.add(split)
+      logging.warning("The %s loss is %.4g at step %d, more than 10x a uniform guess's: the run looks like it is "
+                      "diverging. Lower config.learning_rate (now %g) or set config.grad_clip_norm.", split, loss,
+                      step, self._learning_rate)
+
+
+def _start_message(directory: epath.Path, start_step: int, interrupted: list[str], unreadable: list[int]) -> str:
+  """Which step the run starts from, and why."""
+  notes = []
+  if unreadable:
+    notes.append(f"the unreadable checkpoint(s) of step(s) {unreadable} were moved aside")
+  if interrupted:
+    notes.append(f"the interrupted save(s) {interrupted} of an earlier run were removed")
+  why = f" ({'; '.join(notes)})" if notes else ""
+  if start_step:
+    return f"Resumed from {directory} at step {start_step}, its newest readable checkpoint{why}."
+  return f"Starting at step 0: {directory} holds no complete checkpoint{why}."
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (resuming from `workdir`'s latest checkpoint if any) and returns the last eval's metrics."""
+  """Trains (resuming from `workdir`'s latest readable checkpoint if any) and returns the last eval's metrics.
+
+  Raises `checkpointing.Preempted` after saving when SIGTERM arrives, and ConfigError (before writing anything) for
+  a config that cannot work or that would resume the workdir's checkpoints as another model.
+  """
+  workdir = paths.resolve(workdir)
   _validate(config)
   data.check_global_batch_size(config.batch_size)
   mesh = sharding.make_mesh()
@@ -201,7 +282,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("Run: %s", distributed.describe_run(mesh, config.batch_size))
     logging.info("Config:\n%s", config)
   num_train_steps, log_every, eval_every, checkpoint_every = _derived_steps(config)
-  checkpointing.save_config(workdir, config)
+  checkpoint_dir = epath.Path(workdir) / checkpointing.CHECKPOINT_DIR
+  _check_writable(workdir)
+  checkpointing.record_config(workdir, config, has_checkpoints=bool(checkpointing.complete_steps(checkpoint_dir)))
+  interrupted = checkpointing.remove_interrupted_saves(checkpoint_dir)
 
   # Model and optimizers: one per phase (the encoder frozen, then trained), chosen by the step alone.
   model = train_state.create_model(config.model)
@@ -211,18 +295,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_fn = make_eval_fn(config, model, mesh)
   replicated = sharding.replicated(mesh)
 
-  with contextlib.ExitStack() as stack:  # Closing the manager waits for its last async save, even on errors.
-    manager = stack.enter_context(contextlib.closing(
+  preempted_at = 0
+  with contextlib.ExitStack() as stack:
+    manager = stack.enter_context(checkpointing.closing(
         checkpointing.make_manager(workdir, max_to_keep=config.max_to_keep)))
-    # Restore the latest checkpoint, or start fresh (loading pretrained encoder weights only then).
-    start_step = manager.latest_step() or 0
-    tx = optimizers[train_state.encoder_trains(config, start_step)]
-    if start_step:
-      state = _restore(manager, start_step, config, model, tx, mesh)
-      logging.info("Resumed from %s at step %d.", manager.directory, start_step)
+    # Restore the newest readable checkpoint, or start fresh (loading pretrained encoder weights only then).
+    start_step, unreadable = 0, []
+    if manager.all_steps():
+      def set_aside(step: int) -> None:
+        unreadable.append(step)
+        checkpointing.set_aside(manager, step)
+      start_step, state = checkpointing.restore_newest_readable(
+          manager, lambda step: abstract_state(config, model, optimizers[train_state.encoder_trains(config, step)],
+                                               mesh), on_unreadable=set_aside)
     else:
-      state = jax.jit(make_init_fn(config, model, tx), out_shardings=replicated)(
-          train_state.load_encoder_variables(config))
+      state = jax.jit(make_init_fn(config, model, optimizers[train_state.encoder_trains(config, 0)]),
+                      out_shardings=replicated)(train_state.load_encoder_variables(config))
+    logging.info(_start_message(manager.directory, start_step, interrupted, unreadable))
 
     train_iter = data.train_batches(config.data, global_batch_size=config.batch_size, seed=config.seed,
                                     start_step=start_step)
@@ -232,7 +321,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                         disable=not is_main))
     pending: list[tuple[int, dict[str, jax.Array]]] = []  # Train metrics not yet checked, still on device.
     eval_metrics: dict[str, Any] = {}
-    last_log_time = time.perf_counter()
+    throughput = metric_writers.Throughput(start_step, config.batch_size)
+    divergence = _DivergenceWarning(config)
     for step in range(start_step + 1, num_train_steps + 1):
       state, step_metrics = train_fns[train_state.encoder_trains(config, step - 1)](
           state, sharding.shard_batch(next(train_iter), mesh))
@@ -256,36 +346,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       fetched = jax.device_get(pending)
       _check_finite(fetched, manager)  # Before anything is saved.
       if log_now:
-        now = time.perf_counter()
-        writer.write(step, "train", {
-            name: float(np.mean([values[name] for _, values in fetched])) for name in ("loss", "pixel_accuracy")
-        } | {"images_per_second": len(fetched) * config.batch_size / (now - last_log_time)})
-        pending, last_log_time = [], now
+        train_metrics = {name: float(np.mean([values[name] for _, values in fetched]))
+                         for name in ("loss", "pixel_accuracy")}
+        writer.write(step, "train", train_metrics | {"images_per_second": throughput.images_per_second(step)})
+        divergence.check("train", step, train_metrics["loss"])
+        pending = []
       step_eval: dict[str, Any] | None = None
       if eval_now:
         step_eval, first_batch = evaluate(eval_fn, state, config, mesh)
         writer.write(step, "eval", step_eval)
+        divergence.check("eval", step, step_eval["loss"])
         write_predictions(first_batch, config, str(epath.Path(workdir) / "predictions" / f"step_{step:06d}.png"))
         eval_metrics = step_eval
-        last_log_time = time.perf_counter()  # Eval time is not training throughput.
       if save_now:
         checkpointing.save(manager, step, state, metrics=step_eval)
+      if eval_now or save_now:
+        throughput.restart(step)  # Neither eval nor saving is training time.
       if preempted:
-        logging.warning("Preempted (SIGTERM) at step %d: saved a checkpoint in %s; rerun with the same --workdir "
-                        "to resume.", step, manager.directory)
+        preempted_at = step
         break
+  if preempted_at:
+    raise checkpointing.Preempted(preempted_at, checkpoint_dir)
   return eval_metrics
 
 
 def default_workdir(config_path: str) -> str:
+  """runs/<config name>-<time> under the current directory, absolute."""
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-  return str(pathlib.Path("runs") / f"{pathlib.Path(config_path).stem}-{stamp}")
+  return paths.resolve(pathlib.Path("runs") / f"{pathlib.Path(config_path).stem}-{stamp}")
 
 
 def _quiet_library_info() -> None:
   """Orbax and tfds narrate every save and dataset open at INFO; the console keeps this run's lines and warnings
-  (less Orbax's note that a checkpoint between evals has no metrics: by design, see `checkpointing.make_manager`)."""
+  (less Orbax's note that a checkpoint between evals has no metrics: by design, see `checkpointing.make_manager`).
+  Orbax's errors keep their first line only: the trainer reports a failed save itself, with its cause, once."""
   def keep(record: std_logging.LogRecord) -> bool:
+    if "/orbax/" in record.pathname and record.levelno >= std_logging.ERROR:
+      record.msg, record.args = record.getMessage().splitlines()[0], ()
+      record.exc_info = record.exc_text = None
+      return True
     if any(library in record.pathname for library in ("/orbax/", "/tensorflow_datasets/")):
       return record.levelno > std_logging.WARNING or (
           record.levelno == std_logging.WARNING and "did not provide metrics" not in record.getMessage())
@@ -301,28 +400,17 @@ def main(argv: list[str]) -> None:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   except ValueError as error:  # Incomplete or malformed multi-process settings: the user's to fix, no traceback.
     raise app.UsageError(str(error)) from None
-  workdir = FLAGS.workdir
+  workdir = paths.resolve(FLAGS.workdir)
   if not workdir:
     if jax.process_count() > 1:
       raise app.UsageError("A multi-process run needs an explicit --workdir shared by all processes.")
     workdir = default_workdir(FLAGS["config"].config_filename)
   logging.info("Workdir: %s", workdir)
-  train_and_evaluate(FLAGS.config, workdir)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, with an override of a field the config lacks reported like any flag error, not a traceback."""
   try:
-    return app.parse_flags_with_usage(argv)
-  except (AttributeError, KeyError) as error:  # What a locked ConfigDict raises for an unknown field.
-    text = str(error)
-    field = re.search(r"\w+", text).group(0)
-    suggestion = re.search(r'Did you mean "(\w+)"', text)
-    overrides = [arg for arg in argv if arg.startswith("--config.") and field in arg]
-    sys.stderr.write(f"FATAL Flags parsing error: {' '.join(overrides) or '--config'}: the config has no field "
-                     f"{field!r}" + (f"; did you mean {suggestion.group(1)!r}?" if suggestion else ".") +
-                     " A config takes only the fields its get_config() defines (see unet_jax/default_config.py).\n")
-    sys.exit(1)
+    train_and_evaluate(FLAGS.config, workdir)
+  except checkpointing.Preempted as preempted:
+    logging.warning("%s", preempted)
+    sys.exit(PREEMPTED_EXIT_CODE)
 
 
 def define_flags() -> None:
@@ -341,5 +429,4 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, name="train", define_flags=define_flags)
