@@ -251,7 +251,8 @@ def test_a_full_disk_stops_the_run_with_the_cause_and_the_last_complete_checkpoi
 @pytest.mark.parametrize("overrides, message", [
     ({"batch_size": 0}, "config.batch_size=0 must be positive"),
     ({"data.image_size": 100}, "multiple of 32"),
-    ({"data.name": "folder", "data.folder.root": "no_such_dir"}, "no_such_dir/images"),
+    ({"data.name": "folder", "data.folder.root": "no_such_dir", "data.train_split": "train", "data.eval_split": "test"},
+     "no_such_dir/images"),
 ])
 def test_user_errors_are_the_message_alone(tmp_path, synthetic_data_dir, overrides, message):  # noqa: F811
   result = train_testlib.run_trainer(tmp_path / "run", synthetic_data_dir, overrides, check=False)
