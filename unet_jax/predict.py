@@ -6,10 +6,16 @@ a multiple of 32 — and predicted in batches; the logits are resized back to th
 boundaries stay smooth) before the argmax. The resize and normalisation are the eval stream's own
 (`data.resize_image`, `data.normalize_image`), and the exported SavedModel (`export.py`) runs the same TF ops in its
 graph, so it computes exactly what this module computes.
+
+Memory is bounded by `image_io.MAX_PIXELS` (16.8 MP): a larger file is read downscaled to fit it, its mask written
+at the file's own size (upscaled by nearest neighbour, 1 byte a pixel) and its overlay at the reduced size, each with
+a logged warning; a larger array given to `Predictor` gets its logits resized to the reduced size and the mask
+upscaled the same way. `keep_size` predicts at full resolution, so it refuses such an image (`errors.ConfigError`).
 """
 
 import contextlib
 import dataclasses
+import math
 import pathlib
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,7 +30,7 @@ from absl import app, flags, logging
 from etils import epath
 from tqdm import tqdm
 
-from unet_jax import checkpointing, cli, data, image_io, paths, sharding, train, train_state
+from unet_jax import checkpointing, cli, data, errors, image_io, paths, sharding, train, train_state
 from unet_jax.models.unet import INPUT_MULTIPLE, inference_logits
 
 CHECKPOINT_CHOICES = "'latest', 'best' or a step number"
@@ -49,27 +55,33 @@ def resolve_step(manager, checkpoint: str | int, workdir: str) -> int:
   """The step that `checkpoint` ('latest', 'best' or a step number) names in `manager`, or a clear error."""
   steps = sorted(manager.all_steps())
   if not steps:
-    raise FileNotFoundError(f"{manager.directory} holds no checkpoint: train first (python -m unet_jax.train "
-                            f"--workdir {workdir}), or point --workdir at a run that saved one.")
+    # The trainer always needs --config: config.json only records a run's values, it is no config file.
+    started = (epath.Path(workdir) / checkpointing.CONFIG_FILE).exists()
+    config = ("the config file (and --config.* overrides) the run there was started with, which its config.json "
+              "records" if started else "a config file")
+    raise errors.InputNotFoundError(
+        f"{manager.directory} holds no checkpoint: train first: python -m unet_jax.train --config CONFIG --workdir "
+        f"{workdir}, with CONFIG {config}, e.g. configs/synthetic.py; or point --workdir at a run that saved one.")
   text = str(checkpoint).strip().lower()
   if text == "latest":
     return steps[-1]
   if text == "best":
     best = manager.best_step()
     if best is None:
-      raise ValueError(f"No checkpoint in {manager.directory} has eval metrics to rank by (steps {steps}); use "
-                       f"--checkpoint=latest or a step number.")
+      raise errors.ConfigError(f"No checkpoint in {manager.directory} has eval metrics to rank by (steps {steps}); "
+                               f"use --checkpoint=latest or a step number.")
     return best
   if not text.isdigit():
-    raise ValueError(f"--checkpoint={checkpoint!r} is not {CHECKPOINT_CHOICES}.")
+    raise errors.ConfigError(f"--checkpoint={checkpoint!r} is not {CHECKPOINT_CHOICES}.")
   if int(text) not in steps:
-    raise ValueError(f"{manager.directory} has no checkpoint for step {int(text)}; it has steps {steps}.")
+    raise errors.ConfigError(f"{manager.directory} has no checkpoint for step {int(text)}; it has steps {steps}: "
+                             f"pass one of them, 'latest' or 'best'.")
   return int(text)
 
 
 def check_workdir(workdir: str) -> None:
   if not epath.Path(workdir).is_dir():
-    raise FileNotFoundError(f"The workdir {workdir!r} does not exist; pass the --workdir of a training run.")
+    raise errors.InputNotFoundError(f"The workdir {workdir!r} does not exist; pass the --workdir of a training run.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +111,8 @@ class Predictor:
   """`predictor(image) -> mask`: int32 [H, W] class ids for an image array of any size (see `image_io.to_rgb`).
 
   `predict(images)` streams many images through batches of `batch_size` (the last one padded, so that one program
-  serves every batch); with `keep_size`, consecutive images of the same padded size share a batch.
+  serves every batch); with `keep_size`, consecutive images of the same padded size share a batch, of fewer images
+  when they are large (at most `image_io.MAX_PIXELS` pixels a batch, and one image at most that).
   """
   model: nn.Module
   variables: dict[str, Any]  # {"params", "batch_stats"}
@@ -113,7 +126,7 @@ class Predictor:
 
   def __post_init__(self):
     if self.batch_size < 1:
-      raise ValueError(f"batch_size={self.batch_size} must be at least 1.")
+      raise errors.ConfigError(f"batch_size={self.batch_size} must be at least 1.")
 
   @classmethod
   def from_workdir(cls, workdir: str, checkpoint: str | int = "latest", **options) -> "Predictor":
@@ -122,16 +135,27 @@ class Predictor:
 
   @classmethod
   def from_run(cls, run: TrainedRun, **options) -> "Predictor":
-    # One device: a single image gains nothing from the data-parallel mesh the run was restored on.
-    variables = jax.device_put({"params": run.state.params, "batch_stats": run.state.batch_stats}, jax.devices()[0])
+    # One device: a single image gains nothing from the data-parallel mesh the run was restored on. A local one: in
+    # a multi-process run, jax.devices()[0] belongs to process 0 and the others cannot place arrays on it.
+    variables = jax.device_put({"params": run.state.params, "batch_stats": run.state.batch_stats},
+                               jax.local_devices()[0])
     options = {"flip_average": run.config.eval_flip_average, "scales": tuple(run.config.eval_scales), **options}
     return cls(run.model, variables, run.config.data.image_size, run.config.data.normalization,
                run.config.model.num_classes, **options)
+
+  def check_size(self, height: int, width: int, name: str = "An image") -> None:
+    """With `keep_size`, an image over `image_io.MAX_PIXELS` is an error: at full resolution it would exhaust memory."""
+    if self.keep_size and height * width > image_io.MAX_PIXELS:
+      raise errors.ConfigError(
+          f"{name} of {width}x{height} = {height * width:,} pixels is over the {image_io.MAX_PIXELS:,} that keep_size "
+          f"predicts at full resolution (image_io.MAX_PIXELS; the model's activations grow with the pixels): use "
+          f"keep_size=False (--nokeep_size), which resizes it to the model's {self.image_size} px input, or crop it.")
 
   def model_input(self, image: np.ndarray) -> np.ndarray:
     """float32 [h, w, 3] in 0..255 as the model sees the uint8 RGB `image`: resized, or padded with `keep_size`."""
     if self.keep_size:
       height, width = image.shape[:2]
+      self.check_size(height, width)
       padding = ((0, -height % INPUT_MULTIPLE), (0, -width % INPUT_MULTIPLE), (0, 0))
       return np.pad(image, padding, mode="reflect").astype(np.float32)
     return data.resize_image(image, self.image_size).numpy()
@@ -144,7 +168,7 @@ class Predictor:
     if self.keep_size:
       return [logits[index, :height, :width].argmax(-1).astype(np.int32)
               for index, (height, width) in enumerate(sizes)]
-    return [masks_from_logits(logits[index:index + 1], size).numpy()[0] for index, size in enumerate(sizes)]
+    return [_mask_of_size(logits[index:index + 1], size) for index, size in enumerate(sizes)]
 
   def predict(self, images: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
     """One mask per image, in order, computed a batch at a time (lazily: `images` may be a generator)."""
@@ -154,27 +178,46 @@ class Predictor:
       image = image_io.to_rgb(image)
       model_input = self.model_input(image)
       if inputs and model_input.shape != inputs[0].shape:
-        yield from self._masks(inputs, sizes, self.batch_size)
+        yield from self._masks(inputs, sizes, self._batch_for(inputs[0].shape))
         inputs, sizes = [], []
       inputs.append(model_input)
       sizes.append(image.shape[:2])
-      if len(inputs) == self.batch_size:
-        yield from self._masks(inputs, sizes, self.batch_size)
+      if len(inputs) == self._batch_for(model_input.shape):
+        yield from self._masks(inputs, sizes, len(inputs))
         inputs, sizes = [], []
     if inputs:
-      yield from self._masks(inputs, sizes, self.batch_size)
+      yield from self._masks(inputs, sizes, self._batch_for(inputs[0].shape))
+
+  def _batch_for(self, shape: tuple[int, ...]) -> int:
+    """`batch_size`, or with `keep_size` fewer images of a large padded `shape`, so that no forward pass holds more
+    than MAX_PIXELS pixels (the model's activations take ~320 bytes a pixel at its default size)."""
+    if not self.keep_size:
+      return self.batch_size
+    return max(1, min(self.batch_size, image_io.MAX_PIXELS // (shape[0] * shape[1])))
 
   def __call__(self, image: np.ndarray) -> np.ndarray:
     image = image_io.to_rgb(image)
     return self._masks([self.model_input(image)], [image.shape[:2]], batch_size=1)[0]
 
 
+def _mask_of_size(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """int32 [H, W] of logits [1, h, w, C]; over MAX_PIXELS, resized logits would take H x W x C floats: the mask is
+  computed at a size within the limit and upscaled (nearest neighbour)."""
+  reduced = image_io.bounded_size(*size, image_io.MAX_PIXELS)
+  if reduced == tuple(size):
+    return masks_from_logits(logits, size).numpy()[0]
+  logging.warning("An image of %dx%d = %s pixels is over image_io.MAX_PIXELS (%s): its mask is computed at %dx%d "
+                  "and upscaled (nearest neighbour).", size[1], size[0], f"{size[0] * size[1]:,}",
+                  f"{image_io.MAX_PIXELS:,}", reduced[1], reduced[0])
+  return image_io.upscale_mask(masks_from_logits(logits, reduced).numpy()[0], size)
+
+
 def find_inputs(paths: Sequence[str]) -> list[tuple[pathlib.Path, pathlib.Path]]:
   """(file, output name) of every image under `paths`; an error, before any model loads, when there is none."""
   files = image_io.find_images(paths)
   if not files:
-    raise FileNotFoundError(f"No image files under {', '.join(map(str, paths))}: a directory is searched "
-                            f"recursively for the extensions PIL opens (.png, .jpg, .bmp, .tif, .webp, ...).")
+    raise errors.InputNotFoundError(f"No image files under {', '.join(map(str, paths))}: a directory is searched "
+                                    f"recursively for the extensions PIL opens (.png, .jpg, .bmp, .tif, .webp, ...).")
   image_io.check_unique_names(files)
   return files
 
@@ -183,30 +226,35 @@ def predict_files(predictor: Predictor, files: Sequence[tuple[pathlib.Path, path
                   output: str) -> list[tuple[str, str]]:
   """Writes <name>_mask.png and <name>_overlay.png under `output` for each (file, name) of `find_inputs`.
 
-  Returns the (file, reason) of each file that could not be read; those are skipped, the rest still predicted.
+  Returns the (file, reason) of each file that could not be read; those are skipped, the rest still predicted. A file
+  over `image_io.MAX_PIXELS` is predicted downscaled: its mask is upscaled to the file's size, its overlay is not.
   """
   colors = image_io.palette(predictor.num_classes)
   failures: list[tuple[str, str]] = []
-  readable: list[tuple[pathlib.Path, np.ndarray]] = []  # Read, waiting for their masks (at most a batch).
+  # Read, waiting for their masks (at most a batch): (output name, image as predicted, the file's own size).
+  readable: list[tuple[pathlib.Path, np.ndarray, tuple[int, int]]] = []
   progress = tqdm(total=len(files), desc="predict", unit="image")
 
   def images() -> Iterator[np.ndarray]:
     for file, name in files:
       try:
-        image = image_io.read_image(file)
+        # keep_size reads whole: check_size then refuses what is too large, rather than predict it downscaled.
+        image, size = image_io.read_image_and_size(file, math.inf if predictor.keep_size else None)
       except image_io.ImageReadError as error:
         logging.error("Skipped: %s", error)
         failures.append((str(file), str(error)))
         progress.update()
         continue
-      readable.append((name, image))
+      predictor.check_size(*image.shape[:2], name=str(file))
+      readable.append((name, image, size))
       yield image
 
   for mask in predictor.predict(images()):
-    name, image = readable.pop(0)
+    name, image, size = readable.pop(0)
     base = pathlib.Path(output) / name
-    image_io.save_mask(f"{base}_mask.png", mask, colors)
+    mask = np.asarray(mask, np.uint8)  # 1 byte a pixel at the file's size; the palette holds at most 256 classes.
     image_io.save_image(f"{base}_overlay.png", image_io.overlay(image, mask, colors))
+    image_io.save_mask(f"{base}_mask.png", image_io.upscale_mask(mask, size) if size != mask.shape else mask, colors)
     progress.update()
   progress.close()
   return failures
