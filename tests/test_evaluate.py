@@ -3,6 +3,7 @@
 import json
 import math
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import pytest
 
 from inference_testlib import trained  # noqa: F401  (a fixture)
 from train_testlib import REPO_ROOT, synthetic_data_dir, trainer_env  # noqa: F401  (a fixture)
-from unet_jax import data, evaluate, metrics, predict
+from unet_jax import checkpointing, data, evaluate, metrics, predict
 from unet_jax.models import unet
 
 METRICS = ("loss", "pixel_accuracy", "mean_iou", "iou_per_class", "dice_per_class", "confusion_matrix")
@@ -39,6 +40,23 @@ def test_best_is_the_checkpoint_with_the_highest_mean_iou(trained):  # noqa: F81
   got = evaluate.evaluate_checkpoint(str(trained.workdir), checkpoint="best")
   assert got["step"] == best
   assert_same_metrics(got, trained.eval_metrics[best])
+
+
+def test_latest_passes_over_an_unreadable_newest_checkpoint_and_a_named_one_is_an_error(trained, tmp_path,
+                                                                                      caplog):  # noqa: F811
+  workdir = tmp_path / "run"
+  shutil.copytree(trained.workdir, workdir)
+  newest, before = sorted(trained.eval_metrics)[-1], sorted(trained.eval_metrics)[-2]
+  for path in (workdir / "checkpoints" / str(newest)).rglob("*"):
+    if path.is_file() and "ocdbt" in str(path):
+      path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+  with caplog.at_level("WARNING"):
+    got = evaluate.evaluate_checkpoint(str(workdir), checkpoint="latest")
+  assert got["step"] == before and f"step {newest}" in caplog.text and "cannot be read" in caplog.text
+  assert_same_metrics(got, trained.eval_metrics[before])
+  assert (workdir / "checkpoints" / str(newest)).is_dir()  # A reader leaves the workdir as it is.
+  with pytest.raises(checkpointing.CheckpointError, match=f"checkpoint of step {newest} in .* cannot be read"):
+    evaluate.evaluate_checkpoint(str(workdir), checkpoint=str(newest))
 
 
 def test_data_overrides_pick_another_split(trained):  # noqa: F811

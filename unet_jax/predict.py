@@ -95,15 +95,23 @@ class TrainedRun:
 
 def load_run(workdir: str, checkpoint: str | int = "latest",
              config: ml_collections.ConfigDict | None = None) -> TrainedRun:
-  """The run's config (or `config`, e.g. with data overrides), its model and the state of one checkpoint."""
+  """The run's config (or `config`, e.g. with data overrides), its model and the state of one checkpoint.
+
+  'latest' is the newest checkpoint that reads: an unreadable newer one is named in a warning and passed over (and
+  left as it is). A named step or 'best' that cannot be read is a CheckpointError.
+  """
   check_workdir(workdir)
   config = config or checkpointing.load_config(workdir)
+  mesh = sharding.make_mesh()
   with contextlib.closing(checkpointing.make_manager(workdir, max_to_keep=config.max_to_keep,
                                                      read_only=True)) as manager:
     step = resolve_step(manager, checkpoint, workdir)
-  mesh = sharding.make_mesh()
-  return TrainedRun(config, train_state.create_model(config.model), train.restore_state(config, workdir, step, mesh),
-                    step, mesh)
+    if str(checkpoint).strip().lower() == "latest":
+      step, state = checkpointing.restore_newest_readable(
+          manager, lambda step: train.state_to_restore(config, step, mesh))
+    else:
+      state = checkpointing.restore(manager, step, train.state_to_restore(config, step, mesh))
+  return TrainedRun(config, train_state.create_model(config.model), state, step, mesh)
 
 
 @dataclasses.dataclass(frozen=True)

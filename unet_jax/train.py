@@ -154,15 +154,21 @@ def abstract_state(config: ml_collections.ConfigDict, model, tx: optax.GradientT
   return checkpointing.abstract_state(jax.eval_shape(make_init_fn(config, model, tx)), mesh)
 
 
-def restore_state(config: ml_collections.ConfigDict, workdir: str, step: int, mesh: jax.sharding.Mesh) -> TrainState:
-  """The state a run in `workdir` saved at `step`, replicated on `mesh` (any device count), through the same path
-  the trainer resumes by. The optimizer's phase at `step` fixes the state's structure; the schedule's length does
-  not enter it, so `step` stands in for num_train_steps."""
+def state_to_restore(config: ml_collections.ConfigDict, step: int, mesh: jax.sharding.Mesh) -> TrainState:
+  """The abstract state a checkpoint of `step` restores into, replicated on `mesh` (any device count). The optimizer's
+  phase at `step` fixes the state's structure; the schedule's length does not enter it, so `step` stands in for
+  num_train_steps."""
   model = train_state.create_model(config.model)
   tx = train_state.make_optimizer(config, max(step, 1), train_encoder=train_state.encoder_trains(config, step))
+  return abstract_state(config, model, tx, mesh)
+
+
+def restore_state(config: ml_collections.ConfigDict, workdir: str, step: int, mesh: jax.sharding.Mesh) -> TrainState:
+  """The state a run in `workdir` saved at `step`, replicated on `mesh`, through the same path the trainer resumes
+  by."""
   with contextlib.closing(checkpointing.make_manager(workdir, max_to_keep=config.max_to_keep,
                                                      read_only=True)) as manager:
-    return checkpointing.restore(manager, step, abstract_state(config, model, tx, mesh))
+    return checkpointing.restore(manager, step, state_to_restore(config, step, mesh))
 
 
 class DivergedError(errors.UserError, FloatingPointError):
