@@ -236,7 +236,8 @@ def small_disk(tmp_path):
   subprocess.run(["umount", str(mount_point)], check=True)
 
 
-def test_a_full_disk_stops_the_run_with_the_cause_and_the_last_complete_checkpoint(small_disk, synthetic_data_dir):  # noqa: F811
+def test_a_full_disk_stops_the_run_with_the_cause_and_the_last_complete_checkpoint(small_disk,
+                                                                                  synthetic_data_dir):  # noqa: F811
   workdir = small_disk / "run"
   result = train_testlib.run_trainer(workdir, synthetic_data_dir, check=False)
   assert result.returncode == 1

@@ -37,7 +37,8 @@ class TrainState:
 
 def create_model(model_config: ml_collections.ConfigDict) -> UNet:
   if model_config.dtype not in DTYPES:
-    raise errors.ConfigError(f"config.model.dtype={model_config.dtype!r} is not supported; use one of {sorted(DTYPES)}.")
+    raise errors.ConfigError(f"config.model.dtype={model_config.dtype!r} is not supported; use one of "
+                             f"{sorted(DTYPES)}.")
   return UNet(num_classes=model_config.num_classes, alpha=model_config.alpha,
               decoder_filters=tuple(model_config.decoder_filters), upsample=model_config.upsample,
               dropout_rate=model_config.dropout_rate, freeze_encoder=model_config.freeze_encoder,
@@ -62,9 +63,10 @@ def _check_encoder_shapes(model_variables: Mapping[str, Any], loaded: Mapping[st
   expected = jax.tree.map(jnp.shape, model_variables)
   got = jax.tree.map(jnp.shape, loaded)
   if expected != got:
-    raise errors.ConfigError(f"The pretrained encoder from {source!r} does not fit this model's MobileNetV2 (shapes differ; "
-                     f"is config.model.alpha the alpha the weights were trained with?). Set config.model.alpha to "
-                     f"match the weights, or config.model.pretrained='' for a random init.")
+    raise errors.ConfigError(
+        f"The pretrained encoder from {source!r} does not fit this model's MobileNetV2 (shapes differ; is "
+        f"config.model.alpha the alpha the weights were trained with?). Set config.model.alpha to match the weights, "
+        f"or config.model.pretrained='' for a random init.")
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, image_size: int,

@@ -54,7 +54,7 @@ def _check_config(data_config: ml_collections.ConfigDict) -> None:
     raise errors.ConfigError(f"config.data.image_size={data_config.image_size} must be positive.")
   if data_config.eval_mask_size < 0:
     raise errors.ConfigError(f"config.data.eval_mask_size={data_config.eval_mask_size} must be positive, or 0 for "
-                     "image_size.")
+                             "image_size.")
 
 
 def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -70,7 +70,7 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   check_global_batch_size(global_batch_size)
   if global_batch_size % process_count:
     raise errors.ConfigError(f"batch_size={global_batch_size} does not divide among {process_count} processes; use a "
-                     f"multiple of {process_count}.")
+                             f"multiple of {process_count}.")
   return global_batch_size // process_count
 
 

@@ -44,7 +44,7 @@ def _split_info(builder: tfds.core.DatasetBuilder, split) -> tfds.core.SplitInfo
     return builder.info.splits[split]
   except (KeyError, ValueError) as e:
     raise errors.ConfigError(f"{e} Set --config.data.train_split / --config.data.eval_split to an existing split "
-                     f"(tfds slicing like 'train[:90%]' works too).") from None
+                             f"(tfds slicing like 'train[:90%]' works too).") from None
 
 
 def num_examples(data_config: ml_collections.ConfigDict, split: str) -> int:

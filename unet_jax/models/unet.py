@@ -128,8 +128,8 @@ def check_test_time_scales(scales: Sequence[float]) -> None:
   """A clear error for scales `inference_logits` cannot use; the trainer checks before training, not at its first
   eval, so that a typo costs no training."""
   if not scales or min(scales) <= 0:
-    raise errors.ConfigError(f"Test-time scales {tuple(scales)} must be positive factors, e.g. (0.75, 1.0, 1.25); (1.0,) "
-                     f"evaluates the images as they are (config.eval_scales).")
+    raise errors.ConfigError(f"Test-time scales {tuple(scales)} must be positive factors, e.g. (0.75, 1.0, 1.25); "
+                             f"(1.0,) evaluates the images as they are (config.eval_scales).")
 
 
 def inference_logits(model: nn.Module, variables: dict[str, Any], images: jax.Array, flip_average: bool = False,
