@@ -106,23 +106,85 @@ def test_bfloat16_train_step_keeps_float32_parameters_and_loss():
   assert step_metrics["loss"].dtype == np.float32
 
 
+# Float64 reassociation bound for what the forward pass alone computes (BatchNorm's statistics): unit roundoff
+# u = 2**-53 = 1.1e-16, times n <= 768 terms per reduction (3 rows of at most 16x16 pixels per BatchNorm), times an
+# allowance of 1e6 for the conditioning (BatchNorm's fast variance E[x^2] - E[x]^2 over 3 rows at 1x1 at the
+# bottom of a 32 px U-Net) and its growth through the ~60 layers: 768 * 1.1e-16 * 1e6 = 8.5e-8. A leak moves them
+# by O(1) of the step's change (measured with the mask off: 198).
+PADDING_TOL_FLOAT64 = 1e-7
+# The loss stays float32 in a float64 model (UNet returns float32 logits, losses.cross_entropy computes in float32),
+# and XLA computes its arrays of 3 and of 8 rows differently: some entries of the cotangent that backprop starts
+# from differ by an ulp (2^-24 = 6e-8 relative; measured: 208 of 9216). Backprop is linear in that cotangent, so the
+# gradients, the parameter update and the loss carry float32 rounding: 6e-8 times an allowance of ~170 for a few ulps
+# and cancellation in the backward sums. A leak moves them by O(1e-2..1) (measured with the mask off: 1.1 of the
+# gradient, 8e-3 of the loss).
+PADDING_TOL_FLOAT32 = 1e-5
+
+
+def _float_leaves(tree) -> list[np.ndarray]:
+  return [np.asarray(x) for x in jax.tree.leaves(tree) if np.issubdtype(np.asarray(x).dtype, np.floating)]
+
+
+def _assert_within(ours, theirs, initial, tolerance: float) -> None:
+  """Normwise over a tree: max |ours - theirs| <= `tolerance` times the largest change the step made to any leaf of
+  `theirs` (from `initial`). Normwise, as rounding bounds are: a leaf whose true change is 0 (the bias of a BatchNorm
+  that a convolution and another BatchNorm follow has a zero gradient) holds rounding noise alone, of any size
+  relative to itself."""
+  for o, t in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    if not np.issubdtype(np.asarray(t).dtype, np.floating):
+      np.testing.assert_array_equal(o, t)  # Step counts.
+  ours, theirs, initial = _float_leaves(ours), _float_leaves(theirs), _float_leaves(initial)
+  scale = max(np.max(np.abs(t - i)) for t, i in zip(theirs, initial))
+  error = max(np.max(np.abs(o - t)) for o, t in zip(ours, theirs))
+  assert scale > 0 and error <= tolerance * scale, f"differs by {error:.3g}, {error / scale:.3g} of the step's change"
+
+
 def test_padding_rows_change_nothing_a_batch_of_the_real_rows_alone_would_not():
   """An epoch's partial batch, padded to the batch size with weight-0 rows (data.drop_remainder=False), trains as
   the real rows alone do: padding enters neither the loss nor BatchNorm's batch statistics (the encoder's too, when
-  it trains from scratch), however extreme its pixels."""
-  config = train_testlib.tiny_config("", {"model.freeze_encoder": False, "data.image_size": 32})
+  it trains from scratch), however extreme its pixels.
+
+  Exactly: two paddings of different contents give bit-identical steps (same shapes, so the same reduction order:
+  any influence of the padding's content shows). Within rounding: the real rows alone, a batch of another shape
+  whose reductions associate differently. In float32, BatchNorm over 3 rows at 1x1 is ill-conditioned enough for
+  that to move the statistics by ~1e-4 of their change, so this part runs in float64 (measured: 2e-13 of the
+  statistics' change, 1.4e-8 of the gradient's, the float32 loss's share), where a leak's O(1) stands out."""
+  # SGD at a constant rate: a non-zero learning rate from the first step (the synthetic config's warmup starts at
+  # 0, which left the parameters unchanged), and an update linear in the gradient (Adam's first is ~lr*sign(g),
+  # which turns a gradient of pure rounding noise into a +-lr difference).
+  config = train_testlib.tiny_config("", {"model.freeze_encoder": False, "data.image_size": 32, "optimizer": "sgd",
+                                          "lr_schedule": "constant", "warmup_steps": 0})
   model, txs = _tiny_model_and_optimizers(config)
-  state = jax.jit(train.make_init_fn(config, model, txs[False]))()
+  initial = jax.device_get(jax.jit(train.make_init_fn(config, model, txs[True]))())
   rng = np.random.default_rng(0)
-  real = {"image": rng.uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32),
-          "mask": rng.integers(0, 3, (3, 32, 32)).astype(np.int32), "weight": np.ones(3, np.float32)}
-  padded = {"image": np.concatenate([real["image"], np.full((5, 32, 32, 3), 50.0, np.float32)]),
-            "mask": np.concatenate([real["mask"], np.full((5, 32, 32), 2, np.int32)]),
-            "weight": np.concatenate([real["weight"], np.zeros(5, np.float32)])}
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=txs[False], class_weights=(), dice_weight=0.0,
-                                   padded_batches=True))
-  (from_real, real_metrics), (from_padded, padded_metrics) = step(state, real), step(state, padded)
-  assert any(_changed(state.batch_stats[train_state.ENCODER], from_real.batch_stats[train_state.ENCODER]))
-  for ours, theirs in ((from_padded.params, from_real.params), (from_padded.batch_stats, from_real.batch_stats),
-                       (padded_metrics, real_metrics)):
-    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=2e-5, atol=2e-6), ours, theirs)
+  real = {"image": rng.uniform(-1, 1, (3, 32, 32, 3)), "mask": rng.integers(0, 3, (3, 32, 32)).astype(np.int32),
+          "weight": np.ones(3)}
+
+  def padded(image, mask):
+    return {"image": np.concatenate([real["image"], image]), "mask": np.concatenate([real["mask"], mask]),
+            "weight": np.concatenate([real["weight"], np.zeros(5)])}
+
+  fifty = padded(np.full((5, 32, 32, 3), 50.0), np.full((5, 32, 32), 2, np.int32))
+  noise = padded(rng.normal(0.0, 50.0, (5, 32, 32, 3)), np.zeros((5, 32, 32), np.int32))
+  # One float64 step serves both parts (a float32 one would be another compile; the exact part holds there too).
+  with jax.enable_x64(True):
+    to_float64 = functools.partial(jax.tree.map, lambda x: x.astype(np.float64) if np.issubdtype(x.dtype, np.floating)
+                                   else x)
+    state = to_float64(initial)
+    step = jax.jit(functools.partial(train.train_step, model=model.clone(dtype=np.float64), tx=txs[True],
+                                     class_weights=(), dice_weight=0.0, padded_batches=True))
+    from_fifty, from_noise, from_real = [jax.device_get(step(state, to_float64(batch)))
+                                         for batch in (fifty, noise, real)]
+  jax.tree.map(np.testing.assert_array_equal, from_noise, from_fifty)
+
+  (from_padded, padded_metrics), (from_real, real_metrics) = from_fifty, from_real
+  assert {x.dtype for x in jax.tree.leaves(from_real.params)} == {np.dtype(np.float64)}
+  # Not vacuous: the step moves every parameter, and every BatchNorm statistic, the encoder's included.
+  assert all(_changed(state.params, from_real.params))
+  assert all(_changed(state.batch_stats[train_state.ENCODER], from_real.batch_stats[train_state.ENCODER]))
+  assert all(_changed(state.batch_stats, from_real.batch_stats))
+  _assert_within(from_padded.batch_stats, from_real.batch_stats, state.batch_stats, PADDING_TOL_FLOAT64)
+  _assert_within(from_padded.params, from_real.params, state.params, PADDING_TOL_FLOAT32)
+  _assert_within(from_padded.opt_state, from_real.opt_state, state.opt_state, PADDING_TOL_FLOAT32)  # The gradient.
+  for name in real_metrics:
+    _assert_within(padded_metrics[name], real_metrics[name], np.zeros(()), PADDING_TOL_FLOAT32)
