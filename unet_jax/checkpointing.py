@@ -14,9 +14,11 @@ unreadable by `evaluate`, `predict` and `export`.
 
 import contextlib
 import datetime
+import errno
 import json
 import math
 import os
+import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -40,6 +42,12 @@ _TMP_SUFFIX = ".orbax-checkpoint-tmp"
 STATE_FIELDS = ("model.", "data.image_size", "data.normalization", "optimizer", "grad_clip_norm", "unfreeze_at_step")
 # Under model.*: what only the first start reads (the pretrained weights) or how a convolution is computed.
 _NOT_STATE_FIELDS = ("model.pretrained", "model.imagenet_rows", "model.conv_impl")
+
+
+# A checkpoint on disk is its arrays' bytes plus Orbax's metadata: measured 1.16x plus ~0.1 MiB for the tiny test
+# model; the estimate errs on the side of room.
+_CHECKPOINT_OVERHEAD = 1.25
+_CHECKPOINT_METADATA_BYTES = 2**20
 
 
 class CheckpointError(errors.UserError):
@@ -101,11 +109,26 @@ def _save_failed(manager: ocp.CheckpointManager, error: Exception) -> Checkpoint
                          f"more work goes unsaved. {last}")
 
 
+def _check_free_space(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
+  """A local disk without room for the checkpoint is an error before anything is written: a save that runs out of
+  space fails mid-write, in many of Orbax's threads at once."""
+  directory = str(manager.directory)
+  if "://" in directory:  # Object stores do not fill up.
+    return
+  needed = _CHECKPOINT_OVERHEAD * sum(leaf.nbytes for leaf in jax.tree.leaves(state)) + _CHECKPOINT_METADATA_BYTES
+  free = shutil.disk_usage(directory).free
+  if free < needed:
+    raise _save_failed(manager, OSError(
+        errno.ENOSPC, f"No space left on device: the checkpoint of step {step} needs about {needed / 2**20:.1f} MiB "
+        f"and the disk has {free / 2**20:.1f} MiB free"))
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, metrics: dict[str, Any] | None = None) -> bool:
   """Saves `state` as `step` unless that step is already saved; every process must call it. CheckpointError if the
-  save fails."""
+  save fails, or cannot fit on a local disk."""
   if step in manager.all_steps():
     return False
+  _check_free_space(manager, step, state)
   try:
     return manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
   except Exception as error:  # A full disk or a lost bucket: OSError, or TensorStore's errors as ValueError.

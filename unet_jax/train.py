@@ -385,9 +385,10 @@ def default_workdir(config_path: str) -> str:
 def _quiet_library_info() -> None:
   """Orbax and tfds narrate every save and dataset open at INFO; the console keeps this run's lines and warnings
   (less Orbax's note that a checkpoint between evals has no metrics: by design, see `checkpointing.make_manager`).
-  Orbax's errors keep their first line only: the trainer reports a failed save itself, with its cause, once."""
+  Errors from Orbax and from the asyncio loops its threads run keep their first line only: the trainer reports a
+  failed save itself, with its cause, once."""
   def keep(record: std_logging.LogRecord) -> bool:
-    if "/orbax/" in record.pathname and record.levelno >= std_logging.ERROR:
+    if any(source in record.pathname for source in ("/orbax/", "/asyncio/")) and record.levelno >= std_logging.ERROR:
       record.msg, record.args = record.getMessage().splitlines()[0], ()
       record.exc_info = record.exc_text = None
       return True
