@@ -5,13 +5,11 @@ pet-like images that tfds builds locally on first use, so a fresh machine withou
 There are no ImageNet weights offline, so the encoder starts from a random init and trains with the decoder
 (`freeze_encoder=False`); alpha 0.35 and small images keep it fast on a CPU.
 
-Hardware and time: 600 steps of 32 images at 96 px on 2 CPU cores. Measured on a 2-core box shared with other jobs
-(load average 5-8): 12.3 min wall including the ~20 s dataset build, 8.4 CPU-minutes (~27 images/s); an unshared
-2-core machine has the CPU time for it in well under 10 minutes.
-Expected result (seed 0, measured): eval mean IoU 0.779 / 0.854 / 0.863 at steps 200 / 400 / 600, pixel accuracy
-0.975; IoU per class (object, background, border) 0.931 / 0.985 / 0.672. Measured on synthetic_pets as of e66456a
-(a dataset prepared before that commit keeps its old 1-3 px border and tops out near 0.73: delete
-~/tensorflow_datasets/synthetic_pets to rebuild it).
+Hardware and time: 600 steps of 32 images at 96 px. About 6 minutes on 2 cores of an Intel Xeon (Emerald Rapids),
+the ~20 s dataset build and the compiles included (~90 images/s once compiled); bench/README.md has the figures.
+Expected result (seed 0): eval mean IoU 0.79 / 0.85 / 0.86 at steps 200 / 400 / 600, pixel accuracy 0.97; IoU per
+class (object, background, border) 0.93 / 0.98 / 0.67. A synthetic_pets prepared by an older version of the package
+has a thinner border and tops out near 0.73: delete ~/tensorflow_datasets/synthetic_pets to rebuild it.
 
 Run:
   python -m unet_jax.train --config configs/synthetic.py
