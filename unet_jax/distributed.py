@@ -13,6 +13,8 @@ import re
 import jax
 from absl import logging
 
+from unet_jax import errors
+
 # Set on GKE TPU pods and multislice jobs: they list the slice's workers, which JAX's auto-detection reads.
 _TPU_CLUSTER_ENV_VARS = ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "MEGASCALE_COORDINATOR_ADDRESS")
 # Set: JAX's auto-detection must not ask the Cloud TPU metadata server for the worker list (JAX sets it itself where
@@ -86,8 +88,8 @@ def _int_from_env(name: str) -> int:
   try:
     return int(value)
   except ValueError:
-    raise ValueError(f"Environment variable {name}={value!r} is not an integer; set it to a whole number "
-                     f"or unset it for a single-process run.") from None
+    raise errors.ConfigError(f"Environment variable {name}={value!r} is not an integer; set it to a whole number "
+                             f"or unset it for a single-process run.") from None
 
 
 def _check_explicit(coordinator_address: str, num_processes: int, process_id: int) -> None:
@@ -96,16 +98,16 @@ def _check_explicit(coordinator_address: str, num_processes: int, process_id: in
                                       ("num_processes (JAX_NUM_PROCESSES)", num_processes < 0),
                                       ("process_id (JAX_PROCESS_ID)", process_id < 0)) if unset]
   if missing:
-    raise ValueError(f"A multi-process run needs coordinator_address, num_processes and process_id together; "
-                     f"missing: {', '.join(missing)}. Got coordinator_address={coordinator_address!r}, "
-                     f"num_processes={num_processes}, process_id={process_id}. Give all three (flags or "
-                     f"environment variables), or none of them for a single process.")
+    raise errors.ConfigError(f"A multi-process run needs coordinator_address, num_processes and process_id together; "
+                             f"missing: {', '.join(missing)}. Got coordinator_address={coordinator_address!r}, "
+                             f"num_processes={num_processes}, process_id={process_id}. Give all three (flags or "
+                             f"environment variables), or none of them for a single process.")
   host, _, port = coordinator_address.rpartition(":")
   if not host or not port.isdigit():
-    raise ValueError(f"coordinator_address={coordinator_address!r} must be HOST:PORT of process 0, "
-                     f"e.g. '10.0.0.1:1234' or 'localhost:12355'.")
+    raise errors.ConfigError(f"coordinator_address={coordinator_address!r} must be HOST:PORT of process 0, "
+                             f"e.g. '10.0.0.1:1234' or 'localhost:12355'.")
   if num_processes < 1 or not 0 <= process_id < num_processes:
-    raise ValueError(f"process_id={process_id} must be in [0, num_processes={num_processes}); number the "
+    raise errors.ConfigError(f"process_id={process_id} must be in [0, num_processes={num_processes}); number the "
                      f"processes 0, 1, ..., num_processes - 1 with process 0 on the coordinator's host.")
 
 

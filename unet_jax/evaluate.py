@@ -24,7 +24,7 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from unet_jax import checkpointing, cli, data, default_config, distributed, paths, predict, train
+from unet_jax import checkpointing, cli, data, default_config, distributed, errors, paths, predict, train
 
 EVALUATION_DIR = "evaluation"
 # The fields an evaluation may change: which examples it reads and how many at once, never the model.
@@ -35,9 +35,10 @@ def config_with_overrides(config: ml_collections.ConfigDict, overrides: Mapping[
   """`config` with flat `overrides` ({"data.eval_split": "train"}) applied; only data.* and batch_size may change."""
   refused = sorted(key for key in overrides if not key.startswith(OVERRIDABLE_PREFIXES))
   if refused:
-    raise ValueError(f"--config.{refused[0]} cannot change for an evaluation: the model and training settings are "
-                     f"the run's. Only --config.data.*, --config.batch_size and the test-time augmentation "
-                     f"(--config.eval_flip_average, --config.eval_scales) can (e.g. --config.data.eval_split=train).")
+    raise errors.ConfigError(
+        f"--config.{refused[0]} cannot change for an evaluation: the model and training settings are the run's. Only "
+        f"--config.data.*, --config.batch_size and the test-time augmentation (--config.eval_flip_average, "
+        f"--config.eval_scales) can (e.g. --config.data.eval_split=train).")
   config = ml_collections.ConfigDict(config.to_dict())
   config.update_from_flattened_dict(dict(overrides))
   return config
@@ -114,10 +115,7 @@ def main(argv: Sequence[str]) -> None:
   workdir = paths.resolve(options.workdir)
   overrides = {field: cli.resolve_path_field(field, value)
                for field, value in config_flags.get_override_values(options["config"]).items()}
-  try:
-    metrics = evaluate_checkpoint(workdir, options.checkpoint, overrides)
-  except (FileNotFoundError, ValueError) as error:  # Bad input that is no errors.UserError yet (checkpoints, data).
-    sys.exit(f"evaluate: error: {error}")
+  metrics = evaluate_checkpoint(workdir, options.checkpoint, overrides)
   if jax.process_index() != 0:
     return
   path = write_json(workdir, metrics)

@@ -56,10 +56,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; options go as --flag=value.")
   options = flags.FLAGS
   output = paths.resolve(options.output)
-  try:
-    predictor = predict.Predictor.from_workdir(paths.resolve(options.workdir), options.checkpoint)
-  except (FileNotFoundError, ValueError) as error:  # Bad input that is no errors.UserError yet (checkpoints).
-    raise SystemExit(f"export: error: {error}") from None
+  predictor = predict.Predictor.from_workdir(paths.resolve(options.workdir), options.checkpoint)
   export_saved_model(predictor, output, options.platforms)
   print(f"Wrote {output}: signature {SIGNATURE_KEY!r} maps uint8 images [N, H, W, 3] to int32 masks "
         f"[N, H, W].")

@@ -209,7 +209,7 @@ def check_unique_names(names: Iterable[tuple[pathlib.Path, pathlib.Path]]) -> No
 def palette(num_classes: int) -> np.ndarray:
   """uint8 [num_classes, 3]: the colours the trainer's prediction figures use (viridis over the class ids)."""
   if not 1 <= num_classes <= 256:
-    raise ValueError(f"A palette PNG holds 1 to 256 classes; the model has {num_classes}.")
+    raise errors.ConfigError(f"A palette PNG holds 1 to 256 classes; the model has {num_classes}.")
   colors = matplotlib.colormaps["viridis"](np.linspace(0.0, 1.0, num_classes))[:, :3]
   return np.round(colors * 255).astype(np.uint8)
 

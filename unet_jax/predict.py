@@ -273,13 +273,10 @@ def main(argv: Sequence[str]) -> None:
   if not inputs:
     raise app.UsageError("Give the images to predict: files and/or directories after the flags.")
   options = flags.FLAGS
-  try:
-    files = find_inputs(inputs)
-    predictor = Predictor.from_workdir(paths.resolve(options.workdir), options.checkpoint,
-                                       batch_size=options.batch_size, keep_size=options.keep_size)
-    failures = predict_files(predictor, files, paths.resolve(options.output))
-  except (FileNotFoundError, ValueError) as error:  # Bad input that is no errors.UserError yet (checkpoints, images).
-    sys.exit(f"predict: error: {error}")
+  files = find_inputs(inputs)
+  predictor = Predictor.from_workdir(paths.resolve(options.workdir), options.checkpoint,
+                                     batch_size=options.batch_size, keep_size=options.keep_size)
+  failures = predict_files(predictor, files, paths.resolve(options.output))
   if failures:
     print(f"{len(failures)} file(s) could not be read and were skipped:", file=sys.stderr)
     for file, reason in failures:

@@ -403,10 +403,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; options go as --flag=value.")
   _quiet_library_info()
-  try:
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  except ValueError as error:  # Incomplete or malformed multi-process settings: the user's to fix, no traceback.
-    raise app.UsageError(str(error)) from None
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   workdir = paths.resolve(FLAGS.workdir)
   if not workdir:
     if jax.process_count() > 1:

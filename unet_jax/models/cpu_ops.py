@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from unet_jax import errors
+
 CONV_IMPLS = ("auto", "xla", "cpu")
 
 # Below this many input channels a plain kxk convolution stays `lax.conv` (see `conv_general_dilated`).
@@ -34,8 +36,8 @@ _NHWC_HWIO = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 
 def use_cpu_ops(conv_impl: str) -> bool:
   """Whether `conv_impl` ("auto" | "xla" | "cpu") computes with this module; "auto" means on the CPU backend."""
   if conv_impl not in CONV_IMPLS:
-    raise ValueError(f"conv_impl={conv_impl!r} is not one of {CONV_IMPLS}: 'auto' picks 'cpu' on the CPU backend "
-                     f"and 'xla' (lax.conv) on GPU/TPU.")
+    raise errors.ConfigError(f"conv_impl={conv_impl!r} is not one of {CONV_IMPLS}: 'auto' picks 'cpu' on the CPU "
+                             f"backend and 'xla' (lax.conv) on GPU/TPU.")
   if conv_impl == "auto":
     return jax.default_backend() == "cpu"
   return conv_impl == "cpu"
