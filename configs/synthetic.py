@@ -5,7 +5,7 @@ pet-like images that tfds builds locally on first use, so a fresh machine withou
 There are no ImageNet weights offline, so the encoder starts from a random init and trains with the decoder
 (`freeze_encoder=False`); alpha 0.35 and small images keep it fast on a CPU.
 
-Hardware and time: 600 steps of 32 images at 96 px. About 6 minutes on 2 cores of an Intel Xeon (Emerald Rapids),
+Hardware and time: 600 steps of 32 images at 96 px. 4.5-6 minutes on 2 cores of an Intel Xeon (Emerald Rapids),
 the ~20 s dataset build and the compiles included (~90 images/s once compiled); bench/README.md has the figures.
 Expected result (seed 0): eval mean IoU 0.79 / 0.85 / 0.86 at steps 200 / 400 / 600, pixel accuracy 0.97; IoU per
 class (object, background, border) 0.93 / 0.98 / 0.67. A synthetic_pets prepared by an older version of the package
