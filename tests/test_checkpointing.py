@@ -117,8 +117,10 @@ def test_no_readable_checkpoint_is_a_clear_error(tmp_path):
   for path in (tmp_path / "checkpoints" / "1").rglob("*"):
     if path.is_file():
       path.write_bytes(b"")
+  set_aside = []
   with pytest.raises(checkpointing.CheckpointError, match="No checkpoint in .* can be read .*step 1.*new --workdir"):
-    checkpointing.restore_newest_readable(manager, _target)
+    checkpointing.restore_newest_readable(manager, _target, on_unreadable=set_aside.append)
+  assert set_aside == []  # With nothing readable (a state of another structure, say), every step stays in place.
   manager.close()
 
 

@@ -165,16 +165,21 @@ def restore(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
 def restore_newest_readable(manager: ocp.CheckpointManager, target: Callable[[int], Any], *,
                             on_unreadable: Callable[[int], None] | None = None) -> tuple[int, Any]:
   """(step, state) of the newest checkpoint that reads, `target(step)` giving the structure to restore into; each
-  unreadable one on the way is logged and handed to `on_unreadable`. CheckpointError when none reads."""
-  problems = []
+  unreadable one on the way is logged, and handed to `on_unreadable` once an older one has read (so that a failure
+  of every step, e.g. a state of another structure, leaves them all in place). CheckpointError when none reads."""
+  problems, unreadable = [], []
   for step in sorted(manager.all_steps(), reverse=True):
     try:
-      return step, restore(manager, step, target(step))
+      state = restore(manager, step, target(step))
     except CheckpointError as error:
       logging.warning("%s; trying the checkpoint before it.", error)
       problems.append(str(error))
-      if on_unreadable:
-        on_unreadable(step)
+      unreadable.append(step)
+      continue
+    if on_unreadable:
+      for bad_step in unreadable:
+        on_unreadable(bad_step)
+    return step, state
   raise CheckpointError(f"No checkpoint in {manager.directory} can be read ({'; '.join(problems) or 'none saved'}). "
                         f"Train in a new --workdir, or restore the files from a backup.")
 
