@@ -2,12 +2,9 @@
 
 import io
 
-import matplotlib
-
-matplotlib.use("Agg")  # Files only: no display on servers, TPU VMs or CI.
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-import numpy as np  # noqa: E402
-from etils import epath  # noqa: E402
+import numpy as np
+from etils import epath
+from matplotlib import figure as mpl_figure
 
 TITLES = ("Input Image", "True Mask", "Predicted Mask")
 
@@ -24,7 +21,10 @@ def save_predictions(path: str, images: np.ndarray, true_masks: np.ndarray, pred
                      num_classes: int) -> None:
   """Writes a PNG grid; `images` already in [0, 1], masks class ids [N, H, W] drawn with one colour per class."""
   rows = len(images)
-  figure, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows), squeeze=False)
+  # A bare Figure renders PNG with Agg without pyplot: no global figure registry, no backend to choose (servers,
+  # TPU VMs and CI have no display), nothing to close.
+  figure = mpl_figure.Figure(figsize=(9, 3 * rows))
+  axes = figure.subplots(rows, 3, squeeze=False)
   for row in range(rows):
     for column, (title, picture) in enumerate(zip(TITLES, (images[row], true_masks[row], predicted_masks[row]))):
       axis = axes[row, column]
@@ -37,7 +37,6 @@ def save_predictions(path: str, images: np.ndarray, true_masks: np.ndarray, pred
   figure.tight_layout()
   buffer = io.BytesIO()
   figure.savefig(buffer, format="png", dpi=72)
-  plt.close(figure)
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_bytes(buffer.getvalue())  # Through epath so that gs:// workdirs work too.
