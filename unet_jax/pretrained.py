@@ -94,8 +94,14 @@ def _read_keras3_h5(group: h5py.Group, path: os.PathLike) -> dict[str, list[np.n
 
 
 def read_keras_h5(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
-  """Layer name -> weights (in Keras' order) from a Keras weight file: legacy HDF5 (also a whole-model .h5), or
-  Keras 3 `.weights.h5` of a MobileNetV2."""
+  """Reads a Keras weight file: legacy HDF5 (also a whole-model .h5), or Keras 3 `.weights.h5` of a MobileNetV2.
+
+  Args:
+    path: the .h5 file.
+
+  Returns:
+    Keras layer name -> that layer's weights, in Keras' order.
+  """
   with h5py.File(path, "r") as f:
     group = f["model_weights"] if "model_weights" in f else f
     if "layer_names" in group.attrs:
@@ -125,9 +131,15 @@ def _infer_alpha(layers: Mapping[str, Sequence[np.ndarray]], source: str) -> flo
 
 def mobilenet_v2_variables(layers: Mapping[str, Sequence[np.ndarray]], alpha: float | None = None,
                            source: str = "the Keras weights") -> Variables:
-  """{"params", "batch_stats"} for `MobileNetV2` from Keras layer name -> weights; extra layers are ignored.
+  """Converts Keras MobileNetV2 layer weights to `MobileNetV2` variables.
 
-  alpha is inferred from the shapes; passing `alpha` makes a file of another width an error.
+  Args:
+    layers: Keras layer name -> weights (as `read_keras_h5` returns); layers MobileNetV2 lacks are ignored.
+    alpha: the width the weights must have; None takes the one their shapes give.
+    source: where the weights came from, for error messages.
+
+  Returns:
+    {"params", "batch_stats"} for `MobileNetV2(alpha)`.
   """
   inferred = _infer_alpha(layers, source)
   if alpha is not None and alpha != inferred:
@@ -168,7 +180,15 @@ def mobilenet_v2_variables(layers: Mapping[str, Sequence[np.ndarray]], alpha: fl
 
 
 def mobilenet_v2_variables_from_h5(path: str | os.PathLike, alpha: float | None = None) -> Variables:
-  """Variables for `MobileNetV2` from a Keras weight file, e.g. Keras' official no-top ImageNet file."""
+  """`mobilenet_v2_variables` of a Keras weight file, e.g. Keras' official no-top ImageNet file.
+
+  Args:
+    path: the .h5 file.
+    alpha: as in `mobilenet_v2_variables`.
+
+  Returns:
+    {"params", "batch_stats"} for `MobileNetV2`.
+  """
   return mobilenet_v2_variables(read_keras_h5(path), alpha=alpha, source=str(path))
 
 
@@ -202,8 +222,16 @@ def load_mobilenet_v2_imagenet(alpha: float = 1.0, rows: int = 224,
   """Keras' ImageNet MobileNetV2 (no top) as `MobileNetV2` variables.
 
   Reuses the file Keras caches (so a user who ran the TF tutorial has it already), else downloads it from Keras'
-  address into the cache. `rows` picks which of Keras' files (trained at that input size, see `keras_default_rows`);
-  the weights work at any input size.
+  address into the cache.
+
+  Args:
+    alpha: the width multiplier, one of Keras' (`KERAS_ALPHAS`).
+    rows: which of Keras' files, by the input size it was trained at (see `keras_default_rows`); the weights work at
+      any input size.
+    cache_dir: where to look and download to; None: Keras' own cache directories.
+
+  Returns:
+    {"params", "batch_stats"} for `MobileNetV2(alpha)`.
   """
   name = keras_weight_file_name(alpha, rows)
   cache_dirs = _keras_cache_dirs(cache_dir)
@@ -235,8 +263,14 @@ def unet_variables_from_keras(keras_model: Any) -> Variables:
   """Variables for `UNet` from a Keras model built as the TF segmentation tutorial builds it.
 
   That is: the MobileNetV2 down stack (a nested model), pix2pix upsample blocks (Conv2DTranspose without bias,
-  BatchNormalization, optional Dropout, ReLU), and a last Conv2DTranspose with bias. Build the `UNet` with the same
-  alpha, decoder filters and num_classes, and upsample="transpose".
+  BatchNormalization, optional Dropout, ReLU), and a last Conv2DTranspose with bias.
+
+  Args:
+    keras_model: the built Keras model (its layers' `get_weights()` are read).
+
+  Returns:
+    {"params", "batch_stats"} for a `UNet` with the same alpha, decoder filters and num_classes, and
+    upsample="transpose".
   """
   layers = list(_leaf_layers(keras_model))
   encoder = mobilenet_v2_variables({layer.name: layer.get_weights() for layer in layers}, source=keras_model.name)

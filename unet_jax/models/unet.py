@@ -134,10 +134,20 @@ def check_test_time_scales(scales: Sequence[float]) -> None:
 
 def inference_logits(model: nn.Module, variables: dict[str, Any], images: jax.Array, flip_average: bool = False,
                      scales: Sequence[float] = (1.0,)) -> jax.Array:
-  """Eval-mode logits, optionally test-time augmented. `flip_average`: the mean of the logits of the images and of
-  their mirror images (mirrored back), as one batch of twice the size, matching the training flips. `scales`: the
-  mean over the images resized (bilinearly) by each factor, to the nearest multiple of 32, with their logits resized
-  back: multi-scale evaluation, as segmentation benchmarks report it."""
+  """Eval-mode logits, optionally test-time augmented (the mean over flips and scales).
+
+  Args:
+    model: the `UNet`.
+    variables: its {"params", "batch_stats"}.
+    images: float [N, H, W, 3], normalized as in training.
+    flip_average: also run the mirror images (in the same batch, twice the size) and average their logits, mirrored
+      back, as training flips.
+    scales: resize factors (bilinear, each side to the nearest multiple of 32, so any H x W works) whose logits,
+      resized back to H x W, are averaged: multi-scale evaluation as segmentation benchmarks report it.
+
+  Returns:
+    float32 logits [N, H, W, num_classes].
+  """
 
   def logits_of(x: jax.Array) -> jax.Array:
     if not flip_average:
