@@ -1,16 +1,16 @@
 """The model's table per stage, like Keras' `model.summary()`: `python -m unet_jax.summary --config configs/pets.py`.
 
 It needs neither weights nor a network: the model is traced with `jax.eval_shape` (shapes only, nothing computed)
-and `model.pretrained` is ignored. Counts follow Keras: BatchNorm statistics are parameters, never trainable; the
-frozen encoder is non-trainable, so for the tutorial's model the totals equal its printed 6,504,227 /
-4,660,323 / 1,843,904.
+and `model.pretrained` is ignored. Flax's `tabulate` draws the table (each stage's inputs, outputs, params and
+batch_stats); the totals are counted here because tabulate counts per variable collection, while Keras counts
+BatchNorm statistics and a frozen layer's weights as non-trainable parameters, and in Flax freezing is the optimizer's
+mask, not a collection. So for the tutorial's model the totals equal Keras' printed 6,504,227 / 4,660,323 / 1,843,904.
 """
 
 import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -20,14 +20,13 @@ from ml_collections import config_flags
 
 from unet_jax import cli, train_state
 
+# Wide enough for the widest row, so that rich wraps no shape when the output is not a terminal (it assumes 80).
+TABLE_WIDTH = 160
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
   name: str  # The variables' top-level key: "encoder", "up_0", ...
-  module: str  # Class name.
-  input_shapes: tuple[tuple[int, ...], ...]
-  output_shapes: tuple[tuple[int, ...], ...]
   params: int  # All variables, BatchNorm statistics included (Keras' "Param #").
   trainable: int
 
@@ -46,77 +45,50 @@ def _count(tree: Any) -> int:
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
 
-def _shapes(tree: Any) -> tuple[tuple[int, ...], ...]:
-  return tuple(tuple(leaf.shape) for leaf in jax.tree.leaves(tree) if hasattr(leaf, "shape"))
+def _model_and_images(config: ml_collections.ConfigDict):
+  size = config.data.image_size
+  return train_state.create_model(config.model), jnp.zeros((1, size, size, 3))
 
 
 def summarize(config: ml_collections.ConfigDict) -> ModelSummary:
-  """The stages (the model's direct submodules, in call order) with shapes and parameter counts for `config`."""
-  model = train_state.create_model(config.model)
-  size = config.data.image_size
-  calls: list[dict[str, Any]] = []
+  """Keras' parameter counts for `config`'s model, per stage (its direct submodules, in call order) and in total."""
+  model, images = _model_and_images(config)
+  call_order = []
 
-  def record_stage_calls(next_fun, args, kwargs, context):
-    path = context.module.path
-    if context.method_name != "__call__" or len(path) != 1:
-      return next_fun(*args, **kwargs)
-    call = {"name": path[0], "module": type(context.module).__name__, "inputs": _shapes(args)}
-    calls.append(call)  # Before running it, so that the list is in call order.
-    call["outputs"] = _shapes(outputs := next_fun(*args, **kwargs))
-    return outputs
+  def init():
+    variables = model.init(jax.random.key(0), images, train=False)
+    call_order.extend(variables["params"])  # Created as called; the dict eval_shape returns has its keys sorted.
+    return variables
 
-  with nn.intercept_methods(record_stage_calls):
-    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)), train=False))
-
+  variables = jax.eval_shape(init)
+  params, statistics = variables["params"], variables.get("batch_stats", {})
   encoder_frozen = not train_state.encoder_trains(config, 0)
-  stages = []
-  for call in calls:
-    name = call["name"]
-    params = _count(variables["params"].get(name, {}))
-    statistics = _count(variables.get("batch_stats", {}).get(name, {}))
-    frozen = encoder_frozen and name == train_state.ENCODER
-    stages.append(Stage(name, call["module"], call["inputs"], call["outputs"], params + statistics,
-                        0 if frozen else params))
+  stages = tuple(Stage(name, _count(params[name]) + _count(statistics.get(name, {})),
+                       0 if encoder_frozen and name == train_state.ENCODER else _count(params[name]))
+                 for name in call_order)
   total = _count(variables)
   trainable = sum(stage.trainable for stage in stages)
   notes = []
   if encoder_frozen:
-    notes.append(f"The {train_state.ENCODER} is frozen" + (
+    notes.append(f"The {train_state.ENCODER}'s {_count(params[train_state.ENCODER]):,} params are frozen" + (
         f" until step {config.unfreeze_at_step}." if config.unfreeze_at_step >= 0 else "."))
-  notes.append(f"Non-trainable includes {_count(variables.get('batch_stats', {})):,} BatchNorm statistics.")
+  notes.append(f"Non-trainable includes {_count(statistics):,} BatchNorm statistics.")
   title = (f"UNet(alpha={config.model.alpha}, num_classes={config.model.num_classes}, "
-           f"upsample={config.model.upsample!r}) at {size}x{size} px")
-  return ModelSummary(title, tuple(stages), total, trainable, total - trainable, tuple(notes))
+           f"upsample={config.model.upsample!r}) at {config.data.image_size}x{config.data.image_size} px")
+  return ModelSummary(title, stages, total, trainable, total - trainable, tuple(notes))
 
 
-def _shape_text(shape: Sequence[int]) -> str:
-  return "(" + ", ".join(["N", *map(str, shape[1:])]) + ")"  # The batch size is free: N, as Keras' None.
+def stage_table(config: ml_collections.ConfigDict) -> str:
+  """`nn.tabulate` of the model one level deep: a row per stage with its input and output shapes (batch size 1)."""
+  model, images = _model_and_images(config)
+  table = model.tabulate(jax.random.key(0), images, train=False, depth=1,
+                         console_kwargs={"force_terminal": False, "width": TABLE_WIDTH})
+  return "\n".join(line.rstrip() for line in table.strip("\n").splitlines())
 
 
-def format_summary(summary: ModelSummary) -> str:
-  headers = ("Stage", "Module", "Input shape", "Output shape", "Param #", "Trainable")
-  rows = []
-  for stage in summary.stages:
-    inputs = [_shape_text(shape) for shape in stage.input_shapes]
-    outputs = [_shape_text(shape) for shape in stage.output_shapes]
-    status = f"{stage.trainable:,}" if stage.trainable or not stage.params else "0 (frozen)"
-    lines = max(len(inputs), len(outputs), 1)
-    for line in range(lines):
-      first = line == 0
-      rows.append((stage.name if first else "", stage.module if first else "",
-                   inputs[line] if line < len(inputs) else "", outputs[line] if line < len(outputs) else "",
-                   f"{stage.params:,}" if first else "", status if first else ""))
-  widths = [max(len(row[column]) for row in (headers, *rows)) for column in range(len(headers))]
-
-  numeric = {headers.index("Param #"), headers.index("Trainable")}
-
-  def line_of(cells):
-    return "  ".join(cell.rjust(width) if column in numeric else cell.ljust(width)
-                     for column, (cell, width) in enumerate(zip(cells, widths))).rstrip()
-
-  rule = "=" * len(line_of(headers))
+def format_summary(summary: ModelSummary, table: str) -> str:
   return "\n".join([
-      summary.title, rule, line_of(headers), "-" * len(rule), *map(line_of, rows), rule,
+      summary.title, table, "",
       f"Total params: {summary.total:,}", f"Trainable params: {summary.trainable:,}",
       f"Non-trainable params: {summary.non_trainable:,}", *summary.notes])
 
@@ -124,7 +96,8 @@ def format_summary(summary: ModelSummary) -> str:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; options go as --flag=value.")
-  print(format_summary(summarize(flags.FLAGS.config)))
+  config = flags.FLAGS.config
+  print(format_summary(summarize(config), stage_table(config)))
 
 
 def _define_flags() -> None:
