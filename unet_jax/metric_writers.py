@@ -2,6 +2,10 @@
 
 Only process 0 writes (a multi-host run would otherwise write every line N times); the others get a writer that
 does nothing, so the loop needs no `if process_index == 0` around each call.
+
+Not `clu.metric_writers`: it has no JSON-lines writer, takes only scalars (the per-class lists and the confusion
+matrix would still need code here), and logs through absl rather than `tqdm.write`, so the bar would break; and
+`clu.periodic_actions.ReportProgress` counts steps/s over the whole interval, eval and checkpoint time included.
 """
 
 import json
