@@ -23,7 +23,15 @@ SIGNATURE_KEY = "serving_default"
 
 
 def to_tf_module(predictor: predict.Predictor, platforms: Sequence[str] = ("cpu", "cuda")) -> tf.Module:
-  """A tf.Module with the weights as variables and `serve(images uint8 [N, H, W, 3]) -> {"masks": int32 [N, H, W]}`."""
+  """The predictor as a tf.Module, ready for `tf.saved_model.save`.
+
+  Args:
+    predictor: a `Predictor` with keep_size=False (the SavedModel resizes to its training size itself).
+    platforms: jax2tf native serialization platforms the model is lowered for.
+
+  Returns:
+    A tf.Module with the weights as variables and `serve(images uint8 [N, H, W, 3]) -> {"masks": int32 [N, H, W]}`.
+  """
   if predictor.keep_size:
     raise ValueError("The SavedModel resizes to the model's training size; export a Predictor with keep_size=False.")
   size = predictor.image_size
@@ -47,6 +55,13 @@ def to_tf_module(predictor: predict.Predictor, platforms: Sequence[str] = ("cpu"
 
 def export_saved_model(predictor: predict.Predictor, directory: str,
                        platforms: Sequence[str] = ("cpu", "cuda")) -> None:
+  """Writes `to_tf_module(predictor, platforms)` as a SavedModel with the signature `SIGNATURE_KEY`.
+
+  Args:
+    predictor: as in `to_tf_module`.
+    directory: the SavedModel directory to write.
+    platforms: as in `to_tf_module`.
+  """
   module = to_tf_module(predictor, platforms)
   tf.saved_model.save(module, directory, signatures={SIGNATURE_KEY: module.serve})
 
