@@ -1,43 +1,44 @@
-"""The original U-Net paper's data: ISBI 2012 EM neuronal membranes, through the folder dataset.
+"""The original U-Net paper's data: ISBI 2012 EM neuronal membranes, through configs/folder.py.
 
-What it does: segments membrane (class 1) from cell interior (class 0) in the 30 labelled 512x512 grayscale
-slices at ../shared/data/isbi2012_membrane (labels are 0 = membrane, 255 = interior, hence the map "0:1,255:0"
-that makes membrane the positive class, the paper's convention). The challenge's test slices have no labels, so
-a seeded 20% of the training slices (6) is held out for evaluation. Grayscale is replicated to 3 channels for the
-ImageNet encoder; random zoom/crop and flips stretch the 24 training slices, as the paper relied on augmentation.
+What it trains: membrane (class 1) against cell interior (class 0) on the 30 labelled 512x512 grayscale slices of
+the ISBI 2012 challenge, in the layout of github.com/zhixuhao/unet's data/membrane (train/image/N.png,
+train/label/N.png; labels 0 = membrane, 255 = interior, hence the map "0:1,255:0" that makes membrane the positive
+class, the paper's convention). The challenge's test slices have no labels, so a seeded 20% of the training slices
+(6) is held out for evaluation. Grayscale is replicated to 3 channels for the ImageNet encoder; random zoom/crop and
+flips stretch the 24 training slices, as the paper relied on augmentation.
 
-Hardware and time: 24 slices at 256 px are 6 steps of 4 per epoch; on a CPU a few seconds per step.
+Hardware and time: 24 slices at 256 px are 6 steps of 4 per epoch, 40 epochs; on a CPU a few seconds per step.
 
-Run from the repository root:
-  python -m unet_jax.train --config configs/membrane.py --workdir runs/membrane \\
-    --config.model.pretrained=../shared/weights/mobilenet_v2_1.0_224_no_top.imagenet.keras2.h5
+Run from the repository root, with DIR holding train/image and train/label:
+  python -m unet_jax.train --config configs/membrane.py --workdir runs/membrane --config.data.folder.root=DIR
+or with the copies beside the repository (../shared/data/isbi2012_membrane and the ImageNet .h5 of ../shared/weights):
+  python -m unet_jax.train --config configs/membrane.py:local --workdir runs/membrane
 """
+
+import pathlib
+import runpy
 
 import ml_collections
 
-from unet_jax import default_config
+_CONFIGS = pathlib.Path(__file__).parent  # Config files, not a package: siblings load by path.
+common = runpy.run_path(str(_CONFIGS / "common.py"))
 
 
-def get_config() -> ml_collections.ConfigDict:
-  config = default_config.get_config()
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = common["parse_arg"](arg, local=False)
+  config = runpy.run_path(str(_CONFIGS / "folder.py"))["get_config"]()
   config.batch_size = 4
   config.num_epochs = 40
 
   config.model.num_classes = 2  # 0 cell interior, 1 membrane.
-  config.model.pretrained = "imagenet"
-  config.model.freeze_encoder = True
 
-  config.data.name = "folder"
   config.data.image_size = 256
-  config.data.train_split = "train"
-  config.data.eval_split = "test"
   config.data.shuffle_buffer = 32
-  config.data.augment.flip = True
   config.data.augment.scale_crop = True
-  config.data.folder.root = "../shared/data/isbi2012_membrane"
   config.data.folder.images = "train/image"
   config.data.folder.masks = "train/label"
   config.data.folder.mask_value_map = "0:1,255:0"
-  config.data.folder.test_fraction = 0.2
-  config.data.folder.split_seed = 0
+  if arg.local:
+    config.data.folder.root = str(common["LOCAL_DIR"] / "data" / "isbi2012_membrane")
+    config.model.pretrained = str(common["LOCAL_IMAGENET_H5"])
   return config

@@ -1,84 +1,78 @@
-"""The TF tutorial's recipe on real Oxford-IIIT Pet photos, sized for a CPU: the fidelity protocol of issue 7.
+"""The TF tutorial's recipe (configs/pets.py) on 600 real Oxford-IIIT Pet photos, sized for a CPU.
 
-What it reproduces: tensorflow.org/tutorials/images/segmentation on `../shared/data/pets_sample` (600 real photos
-of 3 breeds, trimaps {1,2,3} -> {pet, background, border}): 128 px, the ImageNet MobileNetV2 (alpha 1.0) encoder
-frozen, random horizontal flips, batch 16, Adam 1e-3, 300 steps, and the tutorial's epochs: every pass over the 300
-training images ends with a batch of 12 (data.drop_remainder=False). Inputs are x / 127.5 - 1 (the encoder's own
-range).
+What it trains: configs/pets.py's model and recipe (128 px, the ImageNet MobileNetV2 (alpha 1.0) encoder frozen,
+random horizontal flips, Adam 1e-3, inputs x / 127.5 - 1, every pass over the training images ending with its
+partial batch, as the tutorial's `.batch()` ends it) at batch 16 for 300 steps, on the 3-breed subset of
+Oxford-IIIT Pet: Abyssinian, american_bulldog and Bengal, 600 photos and trimaps in the release's layout with the
+release's lists of those breeds, 300 trainval / 298 test (github.com/Naveen-Dodda/Sample_Pets_dataset). It is the
+protocol of experiments/pets_quality/, which compares it with the tutorial's own Keras model and pipeline.
 
-Modes (the part after ':' in --config):
-  configs/pets_sample.py       trains on the official trainval list (300), evaluates the official test list (298)
-                               once, at the end: the final figure of a recipe.
-  configs/pets_sample.py:val   trains on 240 of trainval, evaluates the other 60 (configs/pets_sample_split/fold0,
-                               a seeded per-breed 20% from bench/quality_split.py) every 100 steps: choose recipes
-                               here, never on test.
-  configs/pets_sample.py:valK  the same on fold K (K = 0..4; :val is :val0): five disjoint 60-image validation sets
-                               that cover trainval, for differences one fold of 60 images cannot resolve.
+Variants (the part after ':' in --config; configs/common.py reads it):
+  configs/pets_sample.py         trains on the official trainval list (300), evaluates the official test list (298)
+                                 once, after the last step: a recipe's final figure.
+  configs/pets_sample.py:val     trains on 240 of trainval, evaluates the other 60 every 100 steps
+                                 (configs/pets_sample_split/fold0, a seeded fifth of each breed): choose recipes
+                                 here, never on test.
+  configs/pets_sample.py:valK    the same on fold K (K = 0..4; :val is :val0): five disjoint 60-image validation
+                                 sets that cover trainval, for differences one fold cannot resolve.
+  configs/pets_sample.py:local   any of these on the copies beside the repository (:local, :val,local, :val1,local,
+                                 ...): ../shared/data/pets_sample and the ImageNet .h5 in ../shared/weights. Without
+                                 `local`, --config.data.folder.root=DIR (the subset's folder) is required and Keras
+                                 downloads its ImageNet weights.
 
-Hardware and time: 6-7 minutes on one core of this 2-core machine (taskset, the other core busy), compilation and
-the test eval included; 14-34 minutes when the machine was shared with several other jobs.
-Expected result (bench/quality.md, finding 15): test pixel accuracy 0.87-0.88, mean IoU 0.67-0.71 depending on the
-seed (seeds 0-2: 0.702 +- 0.010; seeds 0-6: 0.697 +- 0.015; border IoU 0.44), against the 0.881 / 0.705 issue 7
-quotes for the TF tutorial's own Keras model and pipeline (0.708 over 7 seeds here, bench/quality_keras.py
---pipeline=tutorial). Dropping each epoch's partial batch (--config.data.drop_remainder=True, this config's stream
-before session 8) averages 0.685 over seeds 0-2 (0.690 over 7).
+Hardware and time: about 7 minutes on one core of a 2-vCPU Intel Xeon (Emerald Rapids), compilation and the test
+eval included.
+Expected result (experiments/pets_quality/): test pixel accuracy 0.88, mean IoU 0.70 +- 0.01 over seeds 0-2 (0.706,
+0.709, 0.690; border IoU 0.44); 0.697 +- 0.015 over seeds 0-6. The tutorial's own Keras model on its own pipeline
+scores 0.708 on the same data.
 
-Run from the repository root (paths to ../shared are resolved from this file, not the working directory):
-  python -m unet_jax.train --config configs/pets_sample.py --workdir runs/pets_sample --config.seed=0
+Run from the repository root, with DIR the subset's folder (images/, annotations/):
+  python -m unet_jax.train --config configs/pets_sample.py --workdir runs/pets_sample --config.data.folder.root=DIR
+or on the copies beside the repository:
+  python -m unet_jax.train --config configs/pets_sample.py:local --workdir runs/pets_sample
 """
 
 import pathlib
+import runpy
 
 import ml_collections
 
-from unet_jax import default_config
+from unet_jax import errors
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DIR = REPO_ROOT.parent / "shared"
-SPLIT_DIR = REPO_ROOT / "configs" / "pets_sample_split"
-NUM_FOLDS = len(list(SPLIT_DIR.glob("fold*")))  # As many as bench/quality_split.py wrote.
-VAL_MODES = {"val": 0} | {f"val{fold}": fold for fold in range(NUM_FOLDS)}
-MODES = ("test", *VAL_MODES)
+_CONFIGS = pathlib.Path(__file__).resolve().parent  # Config files, not a package: siblings load by path.
+common = runpy.run_path(str(_CONFIGS / "common.py"))
+SPLIT_DIR = _CONFIGS / "pets_sample_split"
+NUM_FOLDS = len(list(SPLIT_DIR.glob("fold*")))  # As many as experiments/pets_quality/folds.py wrote.
+VAL_VARIANTS = {"val": 0} | {f"val{fold}": fold for fold in range(NUM_FOLDS)}
+VARIANTS = ("test", *VAL_VARIANTS)
 
 
-def get_config(mode: str = "test") -> ml_collections.ConfigDict:
-  if mode not in MODES:
-    raise ValueError(f"--config configs/pets_sample.py:{mode}: unknown mode {mode!r}; use one of {MODES}.")
-  validating = mode in VAL_MODES
-  config = default_config.get_config()
-  config.seed = 0
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = common["parse_arg"](arg, variant="test", local=False)
+  if arg.variant not in VARIANTS:
+    raise errors.ConfigError(f"configs/pets_sample.py: unknown variant {arg.variant!r}; use one of {VARIANTS}.")
+  validating = arg.variant in VAL_VARIANTS
+  config = runpy.run_path(str(_CONFIGS / "pets.py"))["get_config"]()
   config.batch_size = 16
   config.num_train_steps = 300
-  config.optimizer = "adam"
-  config.learning_rate = 1e-3
   config.log_every_steps = 25
   config.eval_every_steps = 100 if validating else 300  # Test is read once, after the last step.
   config.checkpoint_every_steps = 300
 
-  config.model.num_classes = 3
-  config.model.alpha = 1.0
-  config.model.freeze_encoder = True
-  config.model.pretrained = str(SHARED_DIR / "weights" / "mobilenet_v2_1.0_224_no_top.imagenet.keras2.h5")
-
   config.data.name = "folder"
-  config.data.image_size = 128
-  config.data.normalization = "minus_one_to_one"
-  config.data.train_split = "train"
-  config.data.eval_split = "test"
-  config.data.augment.flip = True
-  # The tutorial's `.batch(16)` ends every pass over the 300 images with a batch of 12; keeping it gains +0.008 +- 0.005
-  # test mean IoU, seed by seed over 7 seeds (bench/quality.md, finding 15).
-  config.data.drop_remainder = False
   folder = config.data.folder
-  folder.root = str(SHARED_DIR / "data" / "pets_sample")
-  folder.images = "images"
   folder.masks = "annotations/trimaps"
   folder.mask_value_map = "1:0,2:1,3:2"
   if validating:  # Absolute paths: the folder source joins them to root, which keeps them as they are.
-    fold_dir = SPLIT_DIR / f"fold{VAL_MODES[mode]}"
+    fold_dir = SPLIT_DIR / f"fold{VAL_VARIANTS[arg.variant]}"
     folder.train_list = str(fold_dir / "train.txt")
     folder.test_list = str(fold_dir / "val.txt")
   else:
     folder.train_list = "annotations/trainval.txt"
     folder.test_list = "annotations/test.txt"
+  if arg.local:
+    folder.root = str(common["LOCAL_DIR"] / "data" / "pets_sample")
+    config.model.pretrained = str(common["LOCAL_IMAGENET_H5"])
+  else:  # The download: Keras' 224 px ImageNet file, which `local` reads (at 128 px Keras would pick its 128 px one).
+    config.model.imagenet_rows = 224
   return config

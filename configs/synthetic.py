@@ -22,13 +22,11 @@ from unet_jax import default_config
 
 def get_config() -> ml_collections.ConfigDict:
   config = default_config.get_config()
-  config.seed = 0
   config.batch_size = 32
   config.num_train_steps = 600  # 9.6 epochs of the 2,000 training images.
   config.learning_rate = 2e-3
   config.lr_schedule = "cosine"
   config.warmup_steps = 50
-  config.log_every_steps = 50
   config.eval_every_steps = 200
   config.checkpoint_every_steps = 200
 
@@ -42,5 +40,4 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data.name = "synthetic_pets"
   config.data.image_size = 96
-  config.data.augment.flip = True
   return config

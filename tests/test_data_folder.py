@@ -300,8 +300,9 @@ def load_config(name: str):
 def test_pets_sample_through_the_documented_folder_command(shared_dir, tmp_path):
   module = load_config("folder")
   config = module.get_config().data
-  for field, value in re.findall(r"--config\.data\.folder\.(\w+)=(\S+)", module.__doc__):
-    config.folder[field] = value.replace("../shared", str(shared_dir))
+  documented = dict(re.findall(r"--config\.data\.folder\.(\w+)=(\S+)", module.__doc__))
+  assert documented.pop("root") == "DIR"  # The release's folder; the sample beside the repo has its layout.
+  config.folder.update(documented, root=str(shared_dir / "data" / "pets_sample"))
   assert data.num_examples(config, "train") == 300 and data.num_examples(config, "test") == 298
   # The release's quirks: Abyssinian_34 is a GIF and Abyssinian_5 an RGBA PNG, both named .jpg.
   (tmp_path / "quirks.txt").write_text("Abyssinian_34\nAbyssinian_5\nBengal_1\n")
@@ -314,8 +315,7 @@ def test_pets_sample_through_the_documented_folder_command(shared_dir, tmp_path)
 
 
 def test_membrane_config_reads_grayscale_em_slices(shared_dir):
-  config = load_config("membrane").get_config().data
-  config.folder.root = str(REPO_ROOT / config.folder.root)
+  config = load_config("membrane").get_config("local").data
   config.image_size = 64
   assert data.num_examples(config, "train") == 24 and data.num_examples(config, "test") == 6
   images, masks = eval_all(config, split="test")
@@ -331,10 +331,10 @@ def _list_names(path: pathlib.Path) -> set[str]:
 
 @pytest.mark.parametrize("name", ["pets_sample", "pets_best"])
 def test_quality_configs_train_and_evaluate_on_the_protocol_splits(shared_dir, name):
-  """Issue 7's protocol: the official trainval (300) / test (298) lists, or a 240 / 60 split of trainval that
-  holds out every breed and never touches test."""
+  """The protocol: the official trainval (300) / test (298) lists, or a 240 / 60 split of trainval that holds out
+  every breed and never touches test."""
   module = load_config(name)
-  test, val = module.get_config("test"), module.get_config("val")
+  test, val = module.get_config("local"), module.get_config("val,local")
   assert (data.num_examples(test.data, "train"), data.num_examples(test.data, "test")) == (300, 298)
   assert (data.num_examples(val.data, "train"), data.num_examples(val.data, "test")) == (240, 60)
   trainval = _list_names(pathlib.Path(test.data.folder.root) / test.data.folder.train_list)
@@ -343,22 +343,36 @@ def test_quality_configs_train_and_evaluate_on_the_protocol_splits(shared_dir, n
   assert val_train | val_held_out <= trainval and not val_train & val_held_out
   assert {name.rsplit("_", 1)[0] for name in val_held_out} == {name.rsplit("_", 1)[0] for name in trainval}
   assert val.eval_every_steps < val.num_train_steps == test.num_train_steps  # Validation curves; test read once.
-  with pytest.raises(ValueError, match="unknown mode 'tset'"):
-    module.get_config("tset")
+  with pytest.raises(errors.ConfigError, match="unknown variant 'tset'"):
+    module.get_config("tset,local")
 
 
 @pytest.mark.parametrize("name", ["pets_sample", "pets_best"])
 def test_quality_configs_validation_folds_are_disjoint_and_cover_trainval(shared_dir, name):
   """:val0..:val4 hold out five disjoint 60-image fifths of trainval, each trained on the other 240; :val is :val0."""
   module = load_config(name)
-  trainval = _list_names(pathlib.Path(module.get_config("test").data.folder.root) / "annotations/trainval.txt")
+  trainval = _list_names(pathlib.Path(module.get_config("local").data.folder.root) / "annotations/trainval.txt")
   held_out = []
   for fold in range(5):
-    folder = module.get_config(f"val{fold}").data.folder
+    folder = module.get_config(f"val{fold},local").data.folder
     train, val = _list_names(pathlib.Path(folder.train_list)), _list_names(pathlib.Path(folder.test_list))
     assert len(val) == 60 and train == trainval - val
     held_out.append(val)
   assert set().union(*held_out) == trainval and sum(map(len, held_out)) == len(trainval)
-  assert module.get_config("val").data.folder.to_dict() == module.get_config("val0").data.folder.to_dict()
-  with pytest.raises(ValueError, match="unknown mode 'val5'"):
+  assert module.get_config("val,local").data.folder.to_dict() == module.get_config("val0,local").data.folder.to_dict()
+  with pytest.raises(errors.ConfigError, match="unknown variant 'val5'"):
     module.get_config("val5")
+
+
+@pytest.mark.parametrize("name", ["membrane", "pets_sample", "pets_best"])
+def test_configs_read_the_copies_beside_the_repo_only_with_local(name):
+  """Without `:local` the data folder is the user's to give and the weights are Keras' download; with it, both are
+  the copies in ../shared."""
+  module = load_config(name)
+  public, local = module.get_config(), module.get_config("local")
+  assert public.data.folder.root == "" and public.model.pretrained == "imagenet"
+  shared = REPO_ROOT.parent / "shared"
+  assert pathlib.Path(local.data.folder.root).parent == shared / "data"
+  assert local.model.pretrained == str(shared / "weights" / "mobilenet_v2_1.0_224_no_top.imagenet.keras2.h5")
+  with pytest.raises(errors.ConfigError, match="'nope' is unknown"):
+    module.get_config("local,nope=1")
