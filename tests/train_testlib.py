@@ -53,12 +53,7 @@ TINY = {
 def tiny_config(data_dir: str | os.PathLike, overrides: dict | None = None) -> ml_collections.ConfigDict:
   """configs/synthetic.py with TINY, then `overrides` (dotted keys as in TINY) applied."""
   config = runpy.run_path(str(SYNTHETIC_CONFIG))["get_config"]()
-  for key, value in {**TINY, "data.data_dir": str(data_dir), **(overrides or {})}.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
+  config.update_from_flattened_dict({**TINY, "data.data_dir": str(data_dir), **(overrides or {})})
   return config
 
 
