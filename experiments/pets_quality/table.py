@@ -1,4 +1,4 @@
-"""Markdown rows for bench/quality.md from training workdirs: the last eval of each run, plus `evaluate` results.
+"""Markdown rows for results.md here from training workdirs: the last eval of each run, plus `evaluate` results.
 
 Reads `metrics.jsonl` (the trainer's eval events: validation for `:val` runs, test otherwise) and
 `evaluation/step_*_test*.json` (written by `python -m unet_jax.evaluate`; each row names the evaluation's
@@ -6,9 +6,10 @@ overrides, and its split is the list the evaluation read: the run's, or the one 
 the run's start (the timestamp in its TensorBoard event file's name) to its last metrics line; it includes
 compilation and eval. With LOAD_LOG set to a file of `HH:MM:SS load1 ...` lines (`echo "$(date +%H:%M:%S)
 $(cat /proc/loadavg)"` every minute), the table adds the mean 1-minute load average of the 2-core machine during
-each run: the box is shared, so wall times vary ~3x with it.
+each run: wall times vary ~3x with the machine's load.
 
-  LOAD_LOG=/tmp/quality/load.log python bench/quality_table.py /tmp/quality/tutorial_s0 /tmp/quality/best400_val_s0
+  LOAD_LOG=/tmp/quality/load.log python experiments/pets_quality/table.py /tmp/quality/tutorial_s0 \
+      /tmp/quality/best400_val_s0
 """
 
 import datetime
@@ -44,7 +45,7 @@ def _split_label(test_list: str) -> str:
   """pets_sample's lists: a fold's 60 held-out trainval images (configs/pets_sample_split/), or the official test."""
   if "pets_sample_split" not in test_list:
     return "test (298)"
-  fold = pathlib.Path(test_list).parent.name  # foldK; sessions 1-5 read the one split that is now fold0.
+  fold = pathlib.Path(test_list).parent.name  # foldK; the earliest runs read a single split, now fold0.
   return f"val{fold.removeprefix('fold') if fold.startswith('fold') else 0} (60)"
 
 

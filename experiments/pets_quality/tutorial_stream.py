@@ -1,23 +1,24 @@
-"""unet_jax's trainer on the TF tutorial's own input stream: tells the stream from the framework in issue 7's
-fidelity gap (bench/quality.md, session 7).
+"""unet_jax's trainer on the TF tutorial's own input stream: tells the stream from the framework in the fidelity
+gap (README.md here).
 
-  python bench/quality_tutorial_stream.py --config configs/pets_sample.py --workdir /tmp/quality/jax_tutstream_s0 \
-      --config.seed=0
+  python experiments/pets_quality/tutorial_stream.py --config configs/pets_sample.py:local \
+      --workdir /tmp/quality/jax_tutstream_s0 --config.seed=0
 
 Everything is `python -m unet_jax.train`'s (model, train step, eval, metrics, workdir) except the batches: they come
-from `keras_tutorial.tutorial_train_batches` (tfds-style decoding, `.cache().shuffle(1000).batch(16).repeat()` with
-its partial batches, the tutorial's `Augment` layer), shuffled after `keras.utils.set_random_seed(config.seed)` as
-`bench/quality_keras.py --pipeline=tutorial` does. The stream cannot resume, so the workdir must be new.
+from `tutorial_pipeline.tutorial_train_batches` (tfds-style decoding, `.cache().shuffle(1000).batch(16).repeat()`
+with its partial batches, the tutorial's `Augment` layer), shuffled after `keras.utils.set_random_seed(config.seed)`
+as `keras_reference.py --pipeline=tutorial` does. The stream cannot resume, so the workdir must be new.
 `--drop_remainder` drops each epoch's partial batch, as `unet_jax.data` does with `data.drop_remainder=True`.
 """
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from keras_tutorial import as_numpy_batches, tutorial_train_batches  # bench/ is on sys.path: the script's.
-from unet_jax import data, train
+from tutorial_pipeline import as_numpy_batches, tutorial_train_batches  # This script's folder is on sys.path.
+from unet_jax import data, trainer
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A tutorial-recipe config, e.g. configs/pets_sample.py.")
+_CONFIG = config_flags.DEFINE_config_file("config", None,
+                                          "A tutorial-recipe config, e.g. configs/pets_sample.py:local.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "A new directory for the run's checkpoints and metrics.",
                                required=True)
 _DROP_REMAINDER = flags.DEFINE_bool("drop_remainder", False, "Drop each epoch's partial batch, as unet_jax.data does "
@@ -42,8 +43,8 @@ def main(argv: list[str]) -> None:
                            "resume there. Use a new --workdir.")
     return as_numpy_batches(stream)
 
-  data.train_batches = tutorial_batches  # What train_and_evaluate reads its batches from.
-  train.train_and_evaluate(config, _WORKDIR.value)
+  data.train_batches = tutorial_batches  # What trainer.train_and_evaluate reads its batches from.
+  trainer.train_and_evaluate(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

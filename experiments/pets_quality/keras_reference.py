@@ -1,20 +1,21 @@
-"""The TF tutorial's own Keras model and recipe on unet_jax's data stream: issue 7's fidelity reference, measured
-beside the JAX runs instead of quoted.
+"""The TF tutorial's own Keras model and recipe on unet_jax's data stream: the fidelity reference, measured beside
+the JAX runs instead of quoted.
 
-  python bench/quality_keras.py --config configs/pets_sample.py --config.seed=0
-  python bench/quality_keras.py --config configs/pets_sample.py --config.seed=0 --pipeline=tutorial
+  python experiments/pets_quality/keras_reference.py --config configs/pets_sample.py:local --config.seed=0
+  python experiments/pets_quality/keras_reference.py --config configs/pets_sample.py:local --config.seed=0 \
+      --pipeline=tutorial
 
-Shared with `python -m unet_jax.train --config configs/pets_sample.py --config.seed=N`: the batches
+Shared with `python -m unet_jax.train --config configs/pets_sample.py:local --config.seed=N`: the batches
 (`unet_jax.data.train_batches` for the seed: the same shuffles and flips, in the same order), the eval split and the
 metrics (one confusion matrix over every eval pixel). Keras' own: the model (bench/keras_tutorial.py, tf_keras,
 the config's ImageNet .h5 in the frozen down stack, the rest initialised after `keras.utils.set_random_seed(seed)`),
 the tutorial's `compile(optimizer=Adam, loss=SparseCategoricalCrossentropy(from_logits=True))` and its train loop
 (`train_on_batch`). So a JAX/Keras difference over seeds is the frameworks', not the data's.
 
-`--pipeline=tutorial` trains instead on the tutorial's own input pipeline, verbatim but for the file reading: the
-config's train files decoded the way tfds decodes them (`tf.io.decode_image`, TF's JPEG decoder rather than
-Pillow's), its `load_image`, `.cache().shuffle(1000).batch(16).repeat()` (a partial batch ends every epoch),
-its `Augment` layer (two `RandomFlip(seed=42)`); the shuffles follow the seed through
+`--pipeline=tutorial` trains instead on the tutorial's own input pipeline (tutorial_pipeline.py), verbatim but for
+the file reading: the config's train files decoded the way tfds decodes them (`tf.io.decode_image`, TF's JPEG
+decoder rather than Pillow's), its `load_image`, `.cache().shuffle(1000).batch(16).repeat()` (a partial batch ends
+every epoch), its `Augment` layer (two `RandomFlip(seed=42)`); the shuffles follow the seed through
 `keras.utils.set_random_seed`, and the steps are `train_on_batch` as above (what the tutorial's `model.fit` runs).
 It tells whether the tutorial's pipeline, rather than its model, explains a reference that unet_jax's batches do not
 reach; `--tutorial_*` switch its parts to unet_jax's one at a time. Eval and metrics are shared as above.
@@ -22,16 +23,22 @@ Prints one JSON line: the eval metrics, steps and wall time.
 """
 
 import json
+import pathlib
+import sys
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
 import numpy as np
 
-from keras_tutorial import as_numpy_batches, keras_tutorial_unet, tutorial_train_batches  # bench/: on sys.path.
+from tutorial_pipeline import as_numpy_batches, tutorial_train_batches  # This script's folder is on sys.path.
 from unet_jax import data, metrics
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A tutorial-recipe config, e.g. configs/pets_sample.py.")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "bench"))  # One Keras model for bench/ and here.
+from keras_tutorial import keras_tutorial_unet  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None,
+                                          "A tutorial-recipe config, e.g. configs/pets_sample.py:local.")
 _PIPELINE = flags.DEFINE_enum("pipeline", "unet_jax", ["unet_jax", "tutorial"],
                               "unet_jax: train on unet_jax.data.train_batches; tutorial: on the TF tutorial's "
                               "tf.data pipeline over the same files.")
@@ -57,6 +64,9 @@ def check_tutorial_recipe(config) -> None:
     raise app.UsageError(f"{[name for name, ok in recipe.items() if not ok]} differ from the tutorial's recipe "
                          "(constant Adam, frozen encoder, cross-entropy, no test-time flips); use "
                          "configs/pets_sample.py without those overrides.")
+  if not config.model.pretrained.endswith(".h5"):
+    raise app.UsageError(f"model.pretrained={config.model.pretrained!r}: the Keras down stack loads a MobileNetV2 .h5 "
+                         "(configs/pets_sample.py:local names the one beside the repository).")
 
 
 def _real_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
