@@ -37,12 +37,12 @@ def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 
 def _train(data_dir: pathlib.Path, workdir: pathlib.Path) -> TrainedWorkdir:
-  from unet_jax import train  # Imports TensorFlow and the data pipeline: only when a test needs a model.
+  from unet_jax import trainer  # Imports TensorFlow and the data pipeline: only when a test needs a model.
   jax.config.update("jax_compilation_cache_dir", str(train_testlib.XLA_CACHE_DIR))
   config = train_testlib.tiny_config(data_dir, {
       "num_train_steps": NUM_TRAIN_STEPS, "eval_every_steps": EVAL_EVERY_STEPS,
       "checkpoint_every_steps": EVAL_EVERY_STEPS, "max_to_keep": 3})
-  train.train_and_evaluate(config, str(workdir))
+  trainer.train_and_evaluate(config, str(workdir))
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   evals = {record["step"]: record for record in records if record["split"] == "eval"}
   assert sorted(evals) == list(range(EVAL_EVERY_STEPS, NUM_TRAIN_STEPS + 1, EVAL_EVERY_STEPS)), evals

@@ -88,7 +88,7 @@ def test_eval_mask_size_scores_resized_logits_on_smaller_masks(trained):  # noqa
   assert np.asarray(small["confusion_matrix"]).sum() == data.num_examples(trained.config.data, split) * size ** 2
   assert small["confusion_matrix"] != plain["confusion_matrix"]
   # By hand: the full-size logits of every real example, resized to the masks, against the half-size masks.
-  run = predict.load_run(str(trained.workdir))
+  run = checkpointing.load_run(str(trained.workdir))
   config = evaluate.config_with_overrides(run.config, {"data.eval_mask_size": size})
   variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
   confusion = 0

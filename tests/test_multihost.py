@@ -15,10 +15,11 @@ import sys
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import train_testlib
 from train_testlib import synthetic_data_dir  # noqa: F401  (a fixture)
-from unet_jax import data, launch_local, metric_writers, train
+from unet_jax import checkpointing, data, launch_local, metric_writers, trainer
 
 NUM_PROCESSES, LOCAL_DEVICES = 2, 2
 # A step of the tiny model is what costs; one eval (on one batch) and one checkpoint, both at the last step. The
@@ -81,9 +82,8 @@ def test_only_process_0_writes_logs_and_figures(runs):
 
 
 def test_their_checkpoint_restores_in_one_process(runs):
-  from unet_jax import predict  # pylint: disable=g-import-not-at-top  (imports TensorFlow: only here)
   workdir, reference_workdir, _ = runs
-  run, reference = predict.load_run(str(workdir)), predict.load_run(str(reference_workdir))
+  run, reference = checkpointing.load_run(str(workdir)), checkpointing.load_run(str(reference_workdir))
   assert jax.process_count() == 1 and run.step == reference.step == OVERRIDES["num_train_steps"]
   for collection in ("params", "batch_stats"):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
@@ -104,9 +104,9 @@ def test_multi_process_flags_reach_distributed_initialize(tmp_path):
 
 
 def _train_reference(workdir: str, data_dir: str) -> None:
-  """The trainer in this single process, its train and eval streams the two processes' streams side by side."""
+  """The trainer in this single process, its train and eval data the two processes' side by side."""
 
-  def as_two_processes(stream):
+  def train_as_two_processes(stream):
     def global_batches(*args, **kwargs):
       per_process = [stream(*args, **kwargs, process_index=i, process_count=NUM_PROCESSES)
                      for i in range(NUM_PROCESSES)]
@@ -114,9 +114,16 @@ def _train_reference(workdir: str, data_dir: str) -> None:
         yield jax.tree.map(lambda *rows: np.concatenate(rows), *parts)
     return global_batches
 
-  data.train_batches = as_two_processes(data.train_batches)
-  data.eval_batches = as_two_processes(data.eval_batches)
-  train.train_and_evaluate(train_testlib.tiny_config(data_dir, OVERRIDES), workdir)
+  def eval_as_two_processes(dataset):
+    def global_dataset(*args, **kwargs):
+      parts = tuple(dataset(*args, **kwargs, process_index=i, process_count=NUM_PROCESSES)
+                    for i in range(NUM_PROCESSES))
+      return tf.data.Dataset.zip(parts).map(lambda *rows: tf.nest.map_structure(lambda *r: tf.concat(r, 0), *rows))
+    return global_dataset
+
+  data.train_batches = train_as_two_processes(data.train_batches)
+  data.eval_dataset = eval_as_two_processes(data.eval_dataset)
+  trainer.train_and_evaluate(train_testlib.tiny_config(data_dir, OVERRIDES), workdir)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from PIL import Image, JpegImagePlugin
 from inference_testlib import trained  # noqa: F401  (a fixture)
 from train_testlib import REPO_ROOT, synthetic_data_dir, trainer_env  # noqa: F401  (a fixture)
 import unet_jax
-from unet_jax import data, errors, image_io, predict, train, train_state
+from unet_jax import checkpointing, data, errors, evaluation, image_io, predict, train_state
 
 EXIF_ORIENTATION = 0x0112
 
@@ -226,15 +226,17 @@ def predictor(trained) -> predict.Predictor:  # noqa: F811
   return unet_jax.Predictor.from_workdir(str(trained.workdir), batch_size=3)  # The package's public API.
 
 
-def test_predictor_equals_the_trainers_predict_step(trained, predictor):  # noqa: F811
-  # At the model's own size the resize is the identity: the mask must be the trainer's predict_step output.
+def test_predictor_equals_the_evaluators_predictions(trained, predictor):  # noqa: F811
+  # At the model's own size the resize is the identity: the mask must be the eval step's predicted mask.
   images = np.random.default_rng(1).integers(0, 256, (3, 64, 64, 3), np.uint8)
   state = train_state.TrainState(step=0, params=predictor.variables["params"],
                                  batch_stats=predictor.variables["batch_stats"], opt_state=None, rng=None)
-  normalized = data.normalize_image(images.astype(np.float32), trained.config.data.normalization)
+  batch = {"image": data.normalize_image(images.astype(np.float32), trained.config.data.normalization),
+           "mask": np.zeros(images.shape[:3], np.int32), "weight": np.ones(len(images), np.float32)}
   for flip_average, scales in ((False, (1.0,)), (True, (1.0,)), (True, (0.5, 1.0))):
-    want = np.asarray(jax.jit(functools.partial(train.predict_step, model=predictor.model, flip_average=flip_average,
-                                                scales=scales))(state, normalized))
+    step = functools.partial(evaluation.eval_step, model=predictor.model, num_classes=predictor.num_classes,
+                             class_weights=(), dice_weight=0.0, flip_average=flip_average, scales=scales)
+    want = np.asarray(jax.jit(step)(state, batch)["predictions"])
     got = np.stack(list(dataclasses.replace(predictor, flip_average=flip_average, scales=scales).predict(images)))
     np.testing.assert_array_equal(got, want)
     assert len(np.unique(want)) > 1, "a constant mask would make this comparison meaningless"
@@ -253,7 +255,7 @@ def test_predictor_maps_any_image_back_to_its_size(predictor):
 
 
 def test_from_run_places_the_variables_on_this_processs_device(trained, monkeypatch):  # noqa: F811
-  run = predict.load_run(str(trained.workdir))
+  run = checkpointing.load_run(str(trained.workdir))
   # Another process's devices cannot be addressed: jax.devices() must not be where the variables go.
   monkeypatch.setattr(jax, "devices", lambda *args: pytest.fail("from_run used jax.devices(), not jax.local_devices()"))
   local = []
@@ -368,7 +370,7 @@ def test_workdir_errors_say_what_is_wrong(trained, tmp_path):  # noqa: F811
 def test_no_checkpoint_and_no_config_json_says_to_train_with_a_config(tmp_path):
   manager = types.SimpleNamespace(all_steps=lambda: [], directory=tmp_path / "checkpoints")
   with pytest.raises(errors.InputNotFoundError) as raised:
-    predict.resolve_step(manager, "latest", str(tmp_path))
+    checkpointing.resolve_step(manager, "latest", str(tmp_path))
   assert str(raised.value) == (
       f"{tmp_path / 'checkpoints'} holds no checkpoint: train first: python -m unet_jax.train --config CONFIG "
       f"--workdir {tmp_path}, with CONFIG a config file, e.g. configs/synthetic.py; or point --workdir at a run that "

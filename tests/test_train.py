@@ -19,7 +19,7 @@ from PIL import Image
 
 import train_testlib
 from train_testlib import synthetic_data_dir  # noqa: F401  (a fixture)
-from unet_jax import checkpointing, data, errors, sharding, train
+from unet_jax import checkpointing, data, errors, sharding, train, trainer
 
 NUM_STEPS = train_testlib.TINY["num_train_steps"]
 
@@ -114,7 +114,7 @@ def test_8_simulated_devices_match_1_device(reference, eight_devices):
 def test_checkpoint_of_8_devices_restores_on_1(eight_devices, synthetic_data_dir):  # noqa: F811
   workdir = eight_devices[0]
   config = checkpointing.load_config(workdir)
-  state = train.restore_state(config, str(workdir), NUM_STEPS, sharding.make_mesh())
+  state = checkpointing.load_run(str(workdir), NUM_STEPS, config).state
   assert jax.device_count() == 1 and int(state.step) == NUM_STEPS
   saved = _checkpoint(workdir, NUM_STEPS)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), saved["params"])
@@ -198,20 +198,20 @@ def test_an_unreadable_latest_checkpoint_resumes_from_the_one_before_exactly(ref
 def test_step_counts_that_cannot_work_fail_before_anything_is_written(tmp_path, field, value):
   config = train_testlib.tiny_config(tmp_path / "tfds", {field: value})
   with pytest.raises(errors.ConfigError, match=f"config.{field}={value} must be (a )?positive"):
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
 
 
 def test_a_workdir_that_cannot_be_written_fails_before_training(tmp_path, synthetic_data_dir):  # noqa: F811
   (tmp_path / "a_file").write_text("")
   with pytest.raises(errors.ConfigError, match="Cannot write to the workdir .*a_file/run"):
-    train.train_and_evaluate(train_testlib.tiny_config(synthetic_data_dir), str(tmp_path / "a_file" / "run"))
+    trainer.train_and_evaluate(train_testlib.tiny_config(synthetic_data_dir), str(tmp_path / "a_file" / "run"))
 
 
 def test_a_diverging_loss_is_warned_about_once_per_split(caplog):
   config = train_testlib.tiny_config("", {"learning_rate": 1e6})
-  assert train.divergence_threshold(config) == pytest.approx(10 * np.log(3))
-  warning = train._DivergenceWarning(config)  # pylint: disable=protected-access
+  assert trainer.divergence_threshold(config) == pytest.approx(10 * np.log(3))
+  warning = trainer._DivergenceWarning(config)  # pylint: disable=protected-access
   with caplog.at_level("WARNING"):
     warning.check("train", 1, 1.2)  # A fresh model's loss: near log(3).
     assert not caplog.records
@@ -280,14 +280,14 @@ def test_batch_not_divisible_by_the_device_count_is_a_clear_error(tmp_path, synt
 def test_bad_test_time_scales_fail_before_training(tmp_path, synthetic_data_dir):  # noqa: F811
   config = train_testlib.tiny_config(synthetic_data_dir, {"eval_scales": (1.0, -0.5)})
   with pytest.raises(ValueError, match=r"scales \(1.0, -0.5\) must be positive"):
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
   assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_missing_dataset_offline_is_a_clear_error(tmp_path, synthetic_data_dir):  # noqa: F811
   config = train_testlib.tiny_config(tmp_path / "empty_tfds", {"data.name": "oxford_iiit_pet"})
   with pytest.raises(data.DatasetNotFoundError, match="tfds build oxford_iiit_pet"):
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, synthetic_data_dir, monkeypatch):  # noqa: F811
@@ -302,6 +302,6 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, syn
   monkeypatch.setattr(data, "train_batches", poisoned_at_step_3)
   workdir = tmp_path / "run"
   with pytest.raises(FloatingPointError, match="at step 3"):
-    train.train_and_evaluate(train_testlib.tiny_config(synthetic_data_dir), str(workdir))
+    trainer.train_and_evaluate(train_testlib.tiny_config(synthetic_data_dir), str(workdir))
   assert _saved_steps(workdir) == [2]
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(_checkpoint(workdir, 2)["params"]))

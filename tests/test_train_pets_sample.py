@@ -10,7 +10,7 @@ import runpy
 import pytest
 
 import train_testlib
-from unet_jax import train
+from unet_jax import trainer
 
 
 def test_frozen_imagenet_encoder_learns_real_pets(shared_dir, imagenet_h5, tmp_path):
@@ -31,7 +31,7 @@ def test_frozen_imagenet_encoder_learns_real_pets(shared_dir, imagenet_h5, tmp_p
   config.eval_every_steps = config.checkpoint_every_steps = 50
   config.num_prediction_examples = 2
 
-  final = train.train_and_evaluate(config, str(tmp_path / "run"))
+  final = trainer.train_and_evaluate(config, str(tmp_path / "run"))
   assert sum(map(sum, final["confusion_matrix"])) == 298 * 64 * 64  # The whole official test list.
   # Predicting background everywhere scores 0.60 / 0.20 here (background is ~60% of the test pixels).
   assert final["pixel_accuracy"] > 0.75

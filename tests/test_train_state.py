@@ -9,7 +9,7 @@ import pytest
 
 import train_testlib
 from train_testlib import synthetic_data_dir  # noqa: F401  (a fixture)
-from unet_jax import data, sharding, train, train_state
+from unet_jax import data, sharding, train_state, trainer
 from unet_jax.models import UNet
 
 NUM_STEPS = 3
@@ -43,8 +43,8 @@ def test_frozen_encoder_then_unfreeze_phase(synthetic_data_dir):  # noqa: F811
   batches = [sharding.shard_batch(next(stream), mesh) for _ in range(NUM_STEPS)]
   model, txs = _tiny_model_and_optimizers(config)
   # The trainer's own jitted functions (the persistent compilation cache then serves both test modules).
-  steps = {trains: train.make_train_fn(config, model, tx, mesh) for trains, tx in txs.items()}
-  initial = jax.device_get(jax.jit(train.make_init_fn(config, model, txs[False]),
+  steps = {trains: trainer.make_train_fn(config, model, tx, mesh) for trains, tx in txs.items()}
+  initial = jax.device_get(jax.jit(train_state.make_init_fn(config, model, txs[False]),
                                    out_shardings=sharding.replicated(mesh))())
 
   # Frozen: the encoder's params and BatchNorm statistics are bit-identical, every decoder variable trains, and the
@@ -98,10 +98,10 @@ def test_bfloat16_train_step_keeps_float32_parameters_and_loss():
   config = train_testlib.tiny_config("", {"model.dtype": "bfloat16"})
   model, txs = _tiny_model_and_optimizers(config)
   mesh = sharding.make_mesh()
-  state = jax.eval_shape(train.make_init_fn(config, model, txs[False]))
+  state = jax.eval_shape(train_state.make_init_fn(config, model, txs[False]))
   batch = {"image": jax.ShapeDtypeStruct((8, 64, 64, 3), np.float32),
            "mask": jax.ShapeDtypeStruct((8, 64, 64), np.int32), "weight": jax.ShapeDtypeStruct((8,), np.float32)}
-  state, step_metrics = jax.eval_shape(train.make_train_fn(config, model, txs[False], mesh), state, batch)
+  state, step_metrics = jax.eval_shape(trainer.make_train_fn(config, model, txs[False], mesh), state, batch)
   assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {np.dtype(np.float32)}
   assert step_metrics["loss"].dtype == np.float32
 
@@ -155,7 +155,7 @@ def test_padding_rows_change_nothing_a_batch_of_the_real_rows_alone_would_not():
   config = train_testlib.tiny_config("", {"model.freeze_encoder": False, "data.image_size": 32, "optimizer": "sgd",
                                           "lr_schedule": "constant", "warmup_steps": 0})
   model, txs = _tiny_model_and_optimizers(config)
-  initial = jax.device_get(jax.jit(train.make_init_fn(config, model, txs[True]))())
+  initial = jax.device_get(jax.jit(train_state.make_init_fn(config, model, txs[True]))())
   rng = np.random.default_rng(0)
   real = {"image": rng.uniform(-1, 1, (3, 32, 32, 3)), "mask": rng.integers(0, 3, (3, 32, 32)).astype(np.int32),
           "weight": np.ones(3)}
@@ -171,7 +171,7 @@ def test_padding_rows_change_nothing_a_batch_of_the_real_rows_alone_would_not():
     to_float64 = functools.partial(jax.tree.map, lambda x: x.astype(np.float64) if np.issubdtype(x.dtype, np.floating)
                                    else x)
     state = to_float64(initial)
-    step = jax.jit(functools.partial(train.train_step, model=model.clone(dtype=np.float64), tx=txs[True],
+    step = jax.jit(functools.partial(trainer.train_step, model=model.clone(dtype=np.float64), tx=txs[True],
                                      class_weights=(), dice_weight=0.0, padded_batches=True))
     from_fifty, from_noise, from_real = [jax.device_get(step(state, to_float64(batch)))
                                          for batch in (fifty, noise, real)]

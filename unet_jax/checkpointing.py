@@ -13,6 +13,7 @@ unreadable by `evaluate`, `predict` and `export`.
 """
 
 import contextlib
+import dataclasses
 import datetime
 import errno
 import json
@@ -30,8 +31,10 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from unet_jax import default_config, errors, paths, sharding
+from unet_jax import default_config, errors, paths, sharding, train_state
+from unet_jax.models import UNet
 
+CHECKPOINT_CHOICES = "'latest', 'best' or a step number"
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 CONFIG_HISTORY_FILE = "config_history.jsonl"
@@ -142,15 +145,6 @@ def finish(manager: ocp.CheckpointManager) -> None:
     manager.check_for_errors()
   except Exception as error:  # Whatever Orbax's threads hit: OSError, or TensorStore's errors as ValueError.
     raise _save_failed(manager, error) from error
-
-
-def abstract_state(state_shapes: Any, mesh: jax.sharding.Mesh) -> Any:
-  """Shapes and dtypes of a state (from `jax.eval_shape`) placed replicated on `mesh`: what a restore fills in.
-
-  The target sharding is the current mesh's, so a checkpoint written on N devices restores on any other count.
-  """
-  replicated = sharding.replicated(mesh)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state_shapes)
 
 
 def restore(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
@@ -320,3 +314,66 @@ class PreemptionNotice:
     if self._previous_handler is not None:
       signal.signal(signal.SIGTERM, self._previous_handler)
       self._previous_handler = None
+
+
+def resolve_step(manager, checkpoint: str | int, workdir: str) -> int:
+  """The step that `checkpoint` ('latest', 'best' or a step number) names in `manager`, or a clear error."""
+  steps = sorted(manager.all_steps())
+  if not steps:
+    # The trainer always needs --config: config.json only records a run's values, it is no config file.
+    started = (epath.Path(workdir) / CONFIG_FILE).exists()
+    config = ("the config file (and --config.* overrides) the run there was started with, which its config.json "
+              "records" if started else "a config file")
+    raise errors.InputNotFoundError(
+        f"{manager.directory} holds no checkpoint: train first: python -m unet_jax.train --config CONFIG --workdir "
+        f"{workdir}, with CONFIG {config}, e.g. configs/synthetic.py; or point --workdir at a run that saved one.")
+  text = str(checkpoint).strip().lower()
+  if text == "latest":
+    return steps[-1]
+  if text == "best":
+    best = manager.best_step()
+    if best is None:
+      raise errors.ConfigError(f"No checkpoint in {manager.directory} has eval metrics to rank by (steps {steps}); "
+                               f"use --checkpoint=latest or a step number.")
+    return best
+  if not text.isdigit():
+    raise errors.ConfigError(f"--checkpoint={checkpoint!r} is not {CHECKPOINT_CHOICES}.")
+  if int(text) not in steps:
+    raise errors.ConfigError(f"{manager.directory} has no checkpoint for step {int(text)}; it has steps {steps}: "
+                             f"pass one of them, 'latest' or 'best'.")
+  return int(text)
+
+
+def check_workdir(workdir: str) -> None:
+  """A clear error for a --workdir that does not exist, before Orbax would create it."""
+  if not epath.Path(workdir).is_dir():
+    raise errors.InputNotFoundError(f"The workdir {workdir!r} does not exist; pass the --workdir of a training run.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+  """One checkpoint of a run, ready to evaluate, predict with or export."""
+  config: ml_collections.ConfigDict
+  model: UNet
+  state: train_state.TrainState  # Replicated on `mesh`.
+  step: int
+  mesh: jax.sharding.Mesh
+
+
+def load_run(workdir: str, checkpoint: str | int = "latest",
+             config: ml_collections.ConfigDict | None = None) -> TrainedRun:
+  """The run's config (or `config`, e.g. with data overrides), its model and the state of one checkpoint.
+
+  'latest' is the newest checkpoint that reads: an unreadable newer one is named in a warning and passed over (and
+  left as it is). A named step or 'best' that cannot be read is a CheckpointError.
+  """
+  check_workdir(workdir)
+  config = config or load_config(workdir)
+  mesh = sharding.make_mesh()
+  with contextlib.closing(make_manager(workdir, max_to_keep=config.max_to_keep, read_only=True)) as manager:
+    step = resolve_step(manager, checkpoint, workdir)
+    if str(checkpoint).strip().lower() == "latest":
+      step, state = restore_newest_readable(manager, lambda step: train_state.state_to_restore(config, step, mesh))
+    else:
+      state = restore(manager, step, train_state.state_to_restore(config, step, mesh))
+  return TrainedRun(config, train_state.create_model(config.model), state, step, mesh)

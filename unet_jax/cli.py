@@ -7,6 +7,7 @@ package or in the code of a user's config file, keeps its traceback.
 """
 
 import difflib
+import logging as std_logging
 import importlib.machinery
 import importlib.util
 import os
@@ -18,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import ml_collections
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections.config_flags import config_flags as ml_config_flags
 from ml_collections.config_flags import config_path
 
@@ -230,3 +231,20 @@ def run(main: Callable[[list[str]], Any], *, name: str, define_flags: Callable[[
       sys.exit(1)
 
   app.run(main_reporting_user_errors, flags_parser=parse_flags)
+
+
+def quiet_library_logs() -> None:
+  """Orbax and tfds narrate every save and dataset open at INFO; the console keeps the command's lines and warnings
+  (less Orbax's note that a checkpoint between evals has no metrics: by design, see `checkpointing.make_manager`).
+  Errors from Orbax and from the asyncio loops its threads run keep their first line only: the trainer reports a
+  failed save itself, with its cause, once."""
+  def keep(record: std_logging.LogRecord) -> bool:
+    if any(source in record.pathname for source in ("/orbax/", "/asyncio/")) and record.levelno >= std_logging.ERROR:
+      record.msg, record.args = record.getMessage().splitlines()[0], ()
+      record.exc_info = record.exc_text = None
+      return True
+    if any(library in record.pathname for library in ("/orbax/", "/tensorflow_datasets/")):
+      return record.levelno > std_logging.WARNING or (
+          record.levelno == std_logging.WARNING and "did not provide metrics" not in record.getMessage())
+    return True
+  logging.get_absl_handler().addFilter(keep)

@@ -1,6 +1,6 @@
 """Full metrics of a checkpoint: `python -m unet_jax.evaluate --workdir DIR [--checkpoint latest|best|STEP]`.
 
-Runs the trainer's own eval (its jitted eval step, confusion matrix over the whole split, padding excluded), so the
+Runs the trainer's own `evaluation.Evaluator` (confusion matrix over the whole split, padding excluded), so the
 figures equal the ones the training run logged for that checkpoint. The run's config comes from the workdir;
 `--config.data.*` (another split, data_dir, ...), `--config.batch_size` and the test-time augmentation
 (`--config.eval_flip_average`, `--config.eval_scales`) may change for this evaluation only (`OVERRIDABLE_PREFIXES`).
@@ -24,7 +24,7 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from unet_jax import checkpointing, cli, data, default_config, distributed, errors, paths, predict, train
+from unet_jax import checkpointing, cli, data, default_config, distributed, errors, evaluation, paths
 
 EVALUATION_DIR = "evaluation"
 # The fields an evaluation may change: which examples it reads and how many at once, never the model.
@@ -49,11 +49,11 @@ def evaluate_checkpoint(workdir: str, checkpoint: str | int = "latest",
   """The trainer's eval metrics of one checkpoint, plus its step, split and confusion matrix."""
   config = None
   if overrides:
-    predict.check_workdir(workdir)
+    checkpointing.check_workdir(workdir)
     config = config_with_overrides(checkpointing.load_config(workdir), overrides)
-  run = predict.load_run(workdir, checkpoint, config)
+  run = checkpointing.load_run(workdir, checkpoint, config)
   data.check_global_batch_size(run.config.batch_size)
-  metrics, _ = train.evaluate(train.make_eval_fn(run.config, run.model, run.mesh), run.state, run.config, run.mesh)
+  metrics = evaluation.Evaluator(run.config, run.model, run.mesh).run(run.state).metrics
   return {"step": run.step, "split": run.config.data.eval_split, "dataset": run.config.data.name,
           "overrides": dict(overrides or {}), **metrics}
 
@@ -124,7 +124,7 @@ def main(argv: Sequence[str]) -> None:
 
 def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "The training run's --workdir.")
-  flags.DEFINE_string("checkpoint", "latest", f"Which checkpoint: {predict.CHECKPOINT_CHOICES} (by eval mean IoU).")
+  flags.DEFINE_string("checkpoint", "latest", f"Which checkpoint: {checkpointing.CHECKPOINT_CHOICES} (by eval mean IoU).")
   flags.DEFINE_bool("json", False, "Print the metrics as JSON instead of the table.")
   # The defaults only define which fields exist; the run's own config.json supplies the values. The flag applies its
   # --config.* overrides as it is defined: an unknown field is a one-line error before ml_collections' KeyError.

@@ -17,7 +17,7 @@ import tensorflow as tf
 from absl import app, flags
 from jax.experimental import jax2tf
 
-from unet_jax import cli, data, paths, predict
+from unet_jax import checkpointing, cli, data, paths, predict
 
 SIGNATURE_KEY = "serving_default"
 
@@ -79,7 +79,7 @@ def main(argv: Sequence[str]) -> None:
 
 def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "The training run's --workdir.")
-  flags.DEFINE_string("checkpoint", "latest", f"Which checkpoint: {predict.CHECKPOINT_CHOICES}.")
+  flags.DEFINE_string("checkpoint", "latest", f"Which checkpoint: {checkpointing.CHECKPOINT_CHOICES}.")
   flags.DEFINE_string("output", None, "The SavedModel directory to write (e.g. WORKDIR/saved_model).")
   flags.DEFINE_list("platforms", ["cpu", "cuda"], "Platforms the exported model runs on (jax2tf "
                     "native_serialization_platforms: cpu, cuda, rocm, tpu).")

@@ -30,10 +30,9 @@ from absl import app, flags, logging
 from etils import epath
 from tqdm import tqdm
 
-from unet_jax import checkpointing, cli, data, errors, image_io, paths, sharding, train, train_state
+from unet_jax import checkpointing, cli, data, errors, image_io, paths, sharding, train_state
 from unet_jax.models.unet import INPUT_MULTIPLE, inference_logits
 
-CHECKPOINT_CHOICES = "'latest', 'best' or a step number"
 
 
 def model_logits(model: nn.Module, normalization: str, flip_average: bool, scales: tuple[float, ...],
@@ -51,69 +50,6 @@ def masks_from_logits(logits: Any, size: Any) -> tf.Tensor:
   return tf.argmax(tf.image.resize(logits, size), axis=-1, output_type=tf.int32)
 
 
-def resolve_step(manager, checkpoint: str | int, workdir: str) -> int:
-  """The step that `checkpoint` ('latest', 'best' or a step number) names in `manager`, or a clear error."""
-  steps = sorted(manager.all_steps())
-  if not steps:
-    # The trainer always needs --config: config.json only records a run's values, it is no config file.
-    started = (epath.Path(workdir) / checkpointing.CONFIG_FILE).exists()
-    config = ("the config file (and --config.* overrides) the run there was started with, which its config.json "
-              "records" if started else "a config file")
-    raise errors.InputNotFoundError(
-        f"{manager.directory} holds no checkpoint: train first: python -m unet_jax.train --config CONFIG --workdir "
-        f"{workdir}, with CONFIG {config}, e.g. configs/synthetic.py; or point --workdir at a run that saved one.")
-  text = str(checkpoint).strip().lower()
-  if text == "latest":
-    return steps[-1]
-  if text == "best":
-    best = manager.best_step()
-    if best is None:
-      raise errors.ConfigError(f"No checkpoint in {manager.directory} has eval metrics to rank by (steps {steps}); "
-                               f"use --checkpoint=latest or a step number.")
-    return best
-  if not text.isdigit():
-    raise errors.ConfigError(f"--checkpoint={checkpoint!r} is not {CHECKPOINT_CHOICES}.")
-  if int(text) not in steps:
-    raise errors.ConfigError(f"{manager.directory} has no checkpoint for step {int(text)}; it has steps {steps}: "
-                             f"pass one of them, 'latest' or 'best'.")
-  return int(text)
-
-
-def check_workdir(workdir: str) -> None:
-  if not epath.Path(workdir).is_dir():
-    raise errors.InputNotFoundError(f"The workdir {workdir!r} does not exist; pass the --workdir of a training run.")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainedRun:
-  config: ml_collections.ConfigDict
-  model: nn.Module
-  state: train_state.TrainState  # Replicated on `mesh`.
-  step: int
-  mesh: jax.sharding.Mesh
-
-
-def load_run(workdir: str, checkpoint: str | int = "latest",
-             config: ml_collections.ConfigDict | None = None) -> TrainedRun:
-  """The run's config (or `config`, e.g. with data overrides), its model and the state of one checkpoint.
-
-  'latest' is the newest checkpoint that reads: an unreadable newer one is named in a warning and passed over (and
-  left as it is). A named step or 'best' that cannot be read is a CheckpointError.
-  """
-  check_workdir(workdir)
-  config = config or checkpointing.load_config(workdir)
-  mesh = sharding.make_mesh()
-  with contextlib.closing(checkpointing.make_manager(workdir, max_to_keep=config.max_to_keep,
-                                                     read_only=True)) as manager:
-    step = resolve_step(manager, checkpoint, workdir)
-    if str(checkpoint).strip().lower() == "latest":
-      step, state = checkpointing.restore_newest_readable(
-          manager, lambda step: train.state_to_restore(config, step, mesh))
-    else:
-      state = checkpointing.restore(manager, step, train.state_to_restore(config, step, mesh))
-  return TrainedRun(config, train_state.create_model(config.model), state, step, mesh)
-
-
 @dataclasses.dataclass(frozen=True)
 class Predictor:
   """`predictor(image) -> mask`: int32 [H, W] class ids for an image array of any size (see `image_io.to_rgb`).
@@ -121,6 +57,15 @@ class Predictor:
   `predict(images)` streams many images through batches of `batch_size` (the last one padded, so that one program
   serves every batch); with `keep_size`, consecutive images of the same padded size share a batch, of fewer images
   when they are large (at most `image_io.MAX_PIXELS` pixels a batch, and one image at most that).
+
+  Args:
+    model: the U-Net; variables: its {"params", "batch_stats"}.
+    image_size: the square input size the model was trained at (ignored with `keep_size`).
+    normalization: the run's `config.data.normalization`.
+    num_classes: the number of classes the masks hold.
+    batch_size: images per batch in `predict`.
+    keep_size: predict at each image's own size (padded by reflection to a multiple of 32) instead of resizing.
+    flip_average, scales: the test-time augmentation, as the run's eval did it.
   """
   model: nn.Module
   variables: dict[str, Any]  # {"params", "batch_stats"}
@@ -138,11 +83,20 @@ class Predictor:
 
   @classmethod
   def from_workdir(cls, workdir: str, checkpoint: str | int = "latest", **options) -> "Predictor":
-    """The model of `workdir`'s checkpoint ('latest', 'best' or a step); `options`: batch_size, keep_size."""
-    return cls.from_run(load_run(workdir, checkpoint), **options)
+    """The predictor of one checkpoint of a training run.
+
+    Args:
+      workdir: the run's --workdir.
+      checkpoint: 'latest' (the newest readable), 'best' (by eval mean IoU) or a step number.
+      **options: batch_size, keep_size (the test-time augmentation is the run's own).
+
+    Returns:
+      The Predictor, its state on this process's first local device.
+    """
+    return cls.from_run(checkpointing.load_run(workdir, checkpoint), **options)
 
   @classmethod
-  def from_run(cls, run: TrainedRun, **options) -> "Predictor":
+  def from_run(cls, run: checkpointing.TrainedRun, **options) -> "Predictor":
     # One device: a single image gains nothing from the data-parallel mesh the run was restored on. A local one: in
     # a multi-process run, jax.devices()[0] belongs to process 0 and the others cannot place arrays on it.
     variables = jax.device_put({"params": run.state.params, "batch_stats": run.state.batch_stats},
@@ -179,7 +133,14 @@ class Predictor:
     return [_mask_of_size(logits[index:index + 1], size) for index, size in enumerate(sizes)]
 
   def predict(self, images: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-    """One mask per image, in order, computed a batch at a time (lazily: `images` may be a generator)."""
+    """One mask per image, in order, computed a batch at a time.
+
+    Args:
+      images: arrays of any size and mode (`image_io.to_rgb`), read lazily: a generator works.
+
+    Yields:
+      int32 [H, W] class ids, each at its image's own size.
+    """
     inputs: list[np.ndarray] = []
     sizes: list[tuple[int, int]] = []
     for image in images:
@@ -285,9 +246,9 @@ def main(argv: Sequence[str]) -> None:
 
 
 def _define_flags() -> None:
-  """Only for the program: importing this module must claim no flag names (export and evaluate import it)."""
+  """Only for the program: importing this module must claim no flag names (export imports it)."""
   flags.DEFINE_string("workdir", None, "The training run's --workdir (checkpoints and config.json).")
-  flags.DEFINE_string("checkpoint", "latest", f"Which checkpoint: {CHECKPOINT_CHOICES} (by eval mean IoU).")
+  flags.DEFINE_string("checkpoint", "latest", f"Which checkpoint: {checkpointing.CHECKPOINT_CHOICES} (by eval mean IoU).")
   flags.DEFINE_string("output", None, "Folder for <name>_mask.png (class ids, with a palette) and <name>_overlay.png "
                       "per image; sub-folders of an input directory are kept.")
   flags.DEFINE_bool("keep_size", False, "Predict at each image's own resolution (padded to a multiple of "

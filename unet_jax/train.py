@@ -1,379 +1,24 @@
 """Trains the U-Net: `python -m unet_jax.train --config configs/pets.py [--workdir DIR] [--config.batch_size=16]`.
 
-`train_and_evaluate` reads top to bottom: config, mesh, data, model and optimizer, restore, the loop. The same code
-runs on one CPU, N (simulated) devices, a GPU and several hosts: the batch is split over a one-axis mesh, the state
-is replicated, and XLA inserts the gradient all-reduce.
+The program around `trainer.train_and_evaluate`: flags, the multi-process start, the default workdir, and the exit
+status of a preempted run.
 """
 
-import contextlib
 import datetime
-import functools
-import logging as std_logging
-import math
 import pathlib
 import signal
 import sys
-from typing import Any
 
 import jax
-import ml_collections
-import numpy as np
-import optax
 from absl import app, flags, logging
-from etils import epath
 from ml_collections import config_flags
-from tqdm import tqdm
+
+from unet_jax import checkpointing, cli, distributed, paths, trainer
 
 FLAGS = flags.FLAGS
 # A run stopped by SIGTERM exits as a process killed by it would (128 + 15), after saving: a scheduler sees it did not
 # finish, and rerunning the same command resumes it.
 PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
-
-from unet_jax import (checkpointing, cli, data, distributed, errors, losses, metric_writers, metrics, paths, sharding,
-                      train_state, visualize)
-from unet_jax.models.unet import INPUT_MULTIPLE, check_test_time_scales, inference_logits
-from unet_jax.train_state import TrainState
-
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx: optax.GradientTransformation,
-               class_weights: tuple[float, ...], dice_weight: float,
-               padded_batches: bool) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step on the batch's real examples: rows of weight 0 (the padding of an epoch's partial batch)
-  enter neither the loss nor BatchNorm's batch statistics. `padded_batches`: whether the stream pads at all
-  (data.drop_remainder=False); only then is BatchNorm handed the mask of real rows, which costs about 6% of a fully
-  trainable step on a CPU."""
-  dropout_rng = jax.random.fold_in(state.rng, state.step)
-  weight = batch["weight"]
-  real_examples = weight > 0 if padded_batches else None
-
-  def weighted_mean(values: jax.Array) -> jax.Array:
-    return (values * weight).sum() / weight.sum()
-
-  def loss_fn(params):
-    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-                                  real_examples=real_examples, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
-    loss = losses.segmentation_loss(logits, batch["mask"], class_weights=class_weights, dice_weight=dice_weight)
-    return weighted_mean(loss), (logits, updates["batch_stats"])
-
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                        batch_stats=batch_stats, opt_state=opt_state)
-  pixel_accuracy = weighted_mean((logits.argmax(-1) == batch["mask"]).mean(axis=(1, 2)))
-  return state, {"loss": loss, "pixel_accuracy": pixel_accuracy}
-
-
-def _logits(state: TrainState, images: jax.Array, model, flip_average: bool, scales: tuple[float, ...]) -> jax.Array:
-  return inference_logits(model, {"params": state.params, "batch_stats": state.batch_stats}, images, flip_average,
-                          scales)
-
-
-def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model, num_classes: int,
-              class_weights: tuple[float, ...], dice_weight: float, flip_average: bool,
-              scales: tuple[float, ...]) -> dict[str, jax.Array]:
-  """Sums over the batch (padding weighted out), so that eval can add them up over the whole split; and the
-  predicted masks, left sharded like the batch (only the figure's few rows are ever fetched). Logits are resized
-  (bilinearly) to the masks' size when `data.eval_mask_size` differs from the input size."""
-  logits = _logits(state, batch["image"], model, flip_average, scales)
-  if logits.shape[1:3] != batch["mask"].shape[1:3]:
-    logits = jax.image.resize(logits, batch["mask"].shape + logits.shape[-1:], "linear")
-  loss = losses.segmentation_loss(logits, batch["mask"], class_weights=class_weights, dice_weight=dice_weight)
-  predictions = logits.argmax(-1)
-  return {"loss_sum": (loss * batch["weight"]).sum(), "weight_sum": batch["weight"].sum(),
-          "confusion": metrics.confusion_matrix(batch["mask"], predictions, num_classes, batch["weight"]),
-          "predictions": predictions}
-
-
-def predict_step(state: TrainState, images: jax.Array, *, model, flip_average: bool = False,
-                 scales: tuple[float, ...] = (1.0,)) -> jax.Array:
-  return _logits(state, images, model, flip_average, scales).argmax(-1)
-
-
-def make_train_fn(config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation,
-                  mesh: jax.sharding.Mesh):
-  """The jitted train step: state replicated and donated, batch split over the data axis."""
-  return jax.jit(functools.partial(train_step, model=model, tx=tx, class_weights=tuple(config.class_weights),
-                                   dice_weight=config.dice_weight, padded_batches=not config.data.drop_remainder),
-                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
-                 out_shardings=sharding.replicated(mesh), donate_argnums=0)
-
-
-def make_eval_fn(config: ml_collections.ConfigDict, model, mesh: jax.sharding.Mesh):
-  """The jitted eval step: sums replicated (XLA reduces them over devices), predictions split like the batch."""
-  replicated, batch_sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  return jax.jit(functools.partial(eval_step, model=model, num_classes=config.model.num_classes,
-                                   class_weights=tuple(config.class_weights), dice_weight=config.dice_weight,
-                                   flip_average=config.eval_flip_average, scales=tuple(config.eval_scales)),
-                 in_shardings=(replicated, batch_sharded),
-                 out_shardings={"loss_sum": replicated, "weight_sum": replicated, "confusion": replicated,
-                                "predictions": batch_sharded})
-
-
-def evaluate(eval_fn, state: TrainState, config: ml_collections.ConfigDict,
-             mesh: jax.sharding.Mesh) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-  """Metrics over the whole eval split from one confusion matrix summed over every batch (`confusion_matrix`:
-  rows true, columns predicted), and this process's first batch with its "predictions"."""
-  confusion = np.zeros((config.model.num_classes,) * 2, np.int64)
-  loss_sum = weight_sum = 0.0
-  first_batch = None
-  for index, batch in enumerate(data.eval_batches(config.data, global_batch_size=config.batch_size)):
-    outputs = eval_fn(state, sharding.shard_batch(batch, mesh))
-    if index == 0:
-      first_batch = {**batch, "predictions": sharding.local_rows(outputs["predictions"], mesh)}
-    sums = jax.device_get({name: outputs[name] for name in ("confusion", "loss_sum", "weight_sum")})
-    confusion += sums["confusion"]
-    loss_sum += float(sums["loss_sum"])
-    weight_sum += float(sums["weight_sum"])
-  if first_batch is None:
-    raise errors.ConfigError(f"The eval split {config.data.eval_split!r} of {config.data.name!r} holds no examples; "
-                             f"set --config.data.eval_split to a split that has some.")
-  return ({"loss": loss_sum / weight_sum, **metrics.segmentation_metrics(confusion),
-           "confusion_matrix": confusion.tolist()}, first_batch)
-
-
-def write_predictions(batch: dict[str, np.ndarray], config: ml_collections.ConfigDict, path: str) -> None:
-  """The tutorial's show_predictions on fixed examples: the first real ones of the eval split (process 0 only)."""
-  if jax.process_index() != 0:
-    return
-  rows = np.flatnonzero(batch["weight"] > 0)[:config.num_prediction_examples]
-  visualize.save_predictions(path, visualize.to_display_range(batch["image"][rows], config.data.normalization),
-                             batch["mask"][rows], batch["predictions"][rows], config.model.num_classes)
-
-
-def make_init_fn(config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation):
-  """The pure function building a fresh state from the pretrained encoder variables (or None): jit it, or
-  eval_shape it for the structure a checkpoint restores into."""
-  def init(encoder_variables=None) -> TrainState:
-    return train_state.create_train_state(model, tx, jax.random.PRNGKey(config.seed), config.data.image_size,
-                                          encoder_variables, config.model.pretrained)
-  return init
-
-
-def abstract_state(config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation,
-                   mesh: jax.sharding.Mesh) -> TrainState:
-  """The state's shapes and dtypes, replicated on `mesh`: what a checkpoint restores into (nothing is computed)."""
-  return checkpointing.abstract_state(jax.eval_shape(make_init_fn(config, model, tx)), mesh)
-
-
-def state_to_restore(config: ml_collections.ConfigDict, step: int, mesh: jax.sharding.Mesh) -> TrainState:
-  """The abstract state a checkpoint of `step` restores into, replicated on `mesh` (any device count). The optimizer's
-  phase at `step` fixes the state's structure; the schedule's length does not enter it, so `step` stands in for
-  num_train_steps."""
-  model = train_state.create_model(config.model)
-  tx = train_state.make_optimizer(config, max(step, 1), train_encoder=train_state.encoder_trains(config, step))
-  return abstract_state(config, model, tx, mesh)
-
-
-def restore_state(config: ml_collections.ConfigDict, workdir: str, step: int, mesh: jax.sharding.Mesh) -> TrainState:
-  """The state a run in `workdir` saved at `step`, replicated on `mesh`, through the same path the trainer resumes
-  by."""
-  with contextlib.closing(checkpointing.make_manager(workdir, max_to_keep=config.max_to_keep,
-                                                     read_only=True)) as manager:
-    return checkpointing.restore(manager, step, state_to_restore(config, step, mesh))
-
-
-class DivergedError(errors.UserError, FloatingPointError):
-  """The loss became NaN or infinite; the run stopped before saving the diverged state."""
-
-
-def _check_finite(step_metrics: list[tuple[int, dict[str, np.ndarray]]], manager) -> None:
-  """Stops the run on the first NaN/inf loss, before anything saves the diverged state."""
-  for step, values in step_metrics:
-    if not np.isfinite(values["loss"]):
-      raise DivergedError(
-          f"The training loss is {values['loss']} at step {step}: the run diverged and stops here. The last good "
-          f"checkpoint (step {manager.latest_step()}) in {manager.directory} is intact. Lower "
-          f"config.learning_rate or set config.grad_clip_norm, and train in a fresh --workdir (resuming this one "
-          f"starts from that checkpoint).")
-
-
-def _derived_steps(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
-  """num_train_steps, log, eval and checkpoint intervals with the -1 ("derive it") defaults resolved."""
-  steps_per_epoch = data.steps_per_epoch(config.data, global_batch_size=config.batch_size)
-  num_train_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
-  eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
-  checkpoint_every = config.checkpoint_every_steps if config.checkpoint_every_steps > 0 else steps_per_epoch
-  return num_train_steps, config.log_every_steps, eval_every, checkpoint_every
-
-
-def _validate(config: ml_collections.ConfigDict) -> None:
-  """Config values that cannot work fail here, before any data is read or anything is written."""
-  num_classes = config.model.num_classes
-  if config.class_weights and len(config.class_weights) != num_classes:
-    raise errors.ConfigError(
-        f"config.class_weights={tuple(config.class_weights)} has {len(config.class_weights)} values but "
-        f"config.model.num_classes={num_classes}: give one weight per class, or () for uniform.")
-  if config.batch_size <= 0:
-    raise errors.ConfigError(f"config.batch_size={config.batch_size} must be positive.")
-  size = config.data.image_size
-  if size <= 0 or size % INPUT_MULTIPLE:
-    lower = max(INPUT_MULTIPLE, size // INPUT_MULTIPLE * INPUT_MULTIPLE)
-    raise errors.ConfigError(f"config.data.image_size={size} must be a positive multiple of {INPUT_MULTIPLE} (the "
-                             f"encoder's output stride), e.g. {lower} or {lower + INPUT_MULTIPLE}.")
-  derived = {"num_train_steps": "num_epochs x steps per epoch", "eval_every_steps": "once per epoch",
-             "checkpoint_every_steps": "once per epoch"}
-  for field, meaning in derived.items():
-    if config[field] == 0 or config[field] < -1:
-      raise errors.ConfigError(f"config.{field}={config[field]} must be a positive number of steps, or -1 for "
-                               f"{meaning}.")
-  if config.num_train_steps == -1 and config.num_epochs <= 0:
-    raise errors.ConfigError(f"config.num_epochs={config.num_epochs} must be positive (or set "
-                             f"config.num_train_steps).")
-  for field in ("log_every_steps", "max_to_keep"):
-    if config[field] <= 0:
-      raise errors.ConfigError(f"config.{field}={config[field]} must be positive.")
-  check_test_time_scales(config.eval_scales)
-
-
-def _check_writable(workdir: str) -> None:
-  """A workdir that cannot be written fails before training, not at the first checkpoint minutes later."""
-  if jax.process_index() != 0:
-    return
-  probe = epath.Path(workdir) / ".write_test"
-  try:
-    probe.parent.mkdir(parents=True, exist_ok=True)
-    probe.write_text("")
-    probe.unlink()
-  except OSError as error:
-    raise errors.ConfigError(f"Cannot write to the workdir {workdir}: {error.strerror or error}. Pass a --workdir "
-                             f"you can write to.") from None
-
-
-def divergence_threshold(config: ml_collections.ConfigDict) -> float:
-  """A loss above 10x that of predicting every class with equal probability: the model is far worse than guessing."""
-  class_weight = max(config.class_weights, default=1.0)
-  return 10.0 * (math.log(config.model.num_classes) * class_weight + config.dice_weight)
-
-
-class _DivergenceWarning:
-  """Warns once per split when the loss is finite but far above chance (a learning rate far too high)."""
-
-  def __init__(self, config: ml_collections.ConfigDict):
-    self._threshold = divergence_threshold(config)
-    self._learning_rate = config.learning_rate
-    self._warned: set[str] = set()
-
-  def check(self, split: str, step: int, loss: float) -> None:
-    if loss > self._threshold and split not in self._warned:
-      self._warned.add(split)
-      logging.warning("The %s loss is %.4g at step %d, more than 10x a uniform guess's: the run looks like it is "
-                      "diverging. Lower config.learning_rate (now %g) or set config.grad_clip_norm.", split, loss,
-                      step, self._learning_rate)
-
-
-def _start_message(directory: epath.Path, start_step: int, interrupted: list[str], unreadable: list[int]) -> str:
-  """Which step the run starts from, and why."""
-  notes = []
-  if unreadable:
-    notes.append(f"the unreadable checkpoint(s) of step(s) {unreadable} were moved aside")
-  if interrupted:
-    notes.append(f"the interrupted save(s) {interrupted} of an earlier run were removed")
-  why = f" ({'; '.join(notes)})" if notes else ""
-  if start_step:
-    return f"Resumed from {directory} at step {start_step}, its newest readable checkpoint{why}."
-  return f"Starting at step 0: {directory} holds no complete checkpoint{why}."
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (resuming from `workdir`'s latest readable checkpoint if any) and returns the last eval's metrics.
-
-  Raises `checkpointing.Preempted` after saving when SIGTERM arrives, and ConfigError (before writing anything) for
-  a config that cannot work or that would resume the workdir's checkpoints as another model.
-  """
-  workdir = paths.resolve(workdir)
-  _validate(config)
-  data.check_global_batch_size(config.batch_size)
-  mesh = sharding.make_mesh()
-  is_main = jax.process_index() == 0
-  if is_main:
-    logging.info("Run: %s", distributed.describe_run(mesh, config.batch_size))
-    logging.info("Config:\n%s", config)
-  num_train_steps, log_every, eval_every, checkpoint_every = _derived_steps(config)
-  checkpoint_dir = epath.Path(workdir) / checkpointing.CHECKPOINT_DIR
-  _check_writable(workdir)
-  checkpointing.record_config(workdir, config, has_checkpoints=bool(checkpointing.complete_steps(checkpoint_dir)))
-  interrupted = checkpointing.remove_interrupted_saves(checkpoint_dir)
-
-  # Model and optimizers: one per phase (the encoder frozen, then trained), chosen by the step alone.
-  model = train_state.create_model(config.model)
-  phases = {train_state.encoder_trains(config, 0), train_state.encoder_trains(config, num_train_steps)}
-  optimizers = {trains: train_state.make_optimizer(config, num_train_steps, train_encoder=trains) for trains in phases}
-  train_fns = {trains: make_train_fn(config, model, tx, mesh) for trains, tx in optimizers.items()}
-  eval_fn = make_eval_fn(config, model, mesh)
-  replicated = sharding.replicated(mesh)
-
-  preempted_at = 0
-  with contextlib.ExitStack() as stack:
-    manager = stack.enter_context(checkpointing.closing(
-        checkpointing.make_manager(workdir, max_to_keep=config.max_to_keep)))
-    # Restore the newest readable checkpoint, or start fresh (loading pretrained encoder weights only then).
-    start_step, unreadable = 0, []
-    if manager.all_steps():
-      def set_aside(step: int) -> None:
-        unreadable.append(step)
-        checkpointing.set_aside(manager, step)
-      start_step, state = checkpointing.restore_newest_readable(
-          manager, lambda step: abstract_state(config, model, optimizers[train_state.encoder_trains(config, step)],
-                                               mesh), on_unreadable=set_aside)
-    else:
-      state = jax.jit(make_init_fn(config, model, optimizers[train_state.encoder_trains(config, 0)]),
-                      out_shardings=replicated)(train_state.load_encoder_variables(config))
-    logging.info(_start_message(manager.directory, start_step, interrupted, unreadable))
-
-    train_iter = data.train_batches(config.data, global_batch_size=config.batch_size, seed=config.seed,
-                                    start_step=start_step)
-    writer = stack.enter_context(contextlib.closing(metric_writers.MetricWriter(workdir, enabled=is_main)))
-    preemption = stack.enter_context(contextlib.closing(checkpointing.PreemptionNotice(manager)))
-    progress = stack.enter_context(tqdm(total=num_train_steps, initial=start_step, desc="train", unit="step",
-                                        disable=not is_main))
-    pending: list[tuple[int, dict[str, jax.Array]]] = []  # Train metrics not yet checked, still on device.
-    eval_metrics: dict[str, Any] = {}
-    throughput = metric_writers.Throughput(start_step, config.batch_size)
-    divergence = _DivergenceWarning(config)
-    for step in range(start_step + 1, num_train_steps + 1):
-      state, step_metrics = train_fns[train_state.encoder_trains(config, step - 1)](
-          state, sharding.shard_batch(next(train_iter), mesh))
-      if config.model.freeze_encoder and step == config.unfreeze_at_step:
-        # Switch right after the step, so that a checkpoint of this step already has the unfrozen structure.
-        state = jax.jit(functools.partial(train_state.unfreeze_encoder, tx=optimizers[True]),
-                        out_shardings=replicated, donate_argnums=0)(state)
-        logging.info("Step %d: the encoder trains from now on, at learning rate %g.", step,
-                     config.encoder_learning_rate)
-      pending.append((step, step_metrics))
-      progress.update()
-      is_last = step == num_train_steps
-      preempted = preemption.reached(step)
-      log_now = step % log_every == 0 or is_last
-      eval_now = (step % eval_every == 0 or is_last) and not preempted  # A preempted run saves and leaves.
-      # A checkpoint at every eval too, so that the best one by mean IoU can be kept.
-      save_now = step % checkpoint_every == 0 or is_last or eval_now or preempted
-      if not (log_now or save_now):
-        continue  # Nothing leaves the device: the next steps are dispatched while this one runs.
-
-      fetched = jax.device_get(pending)
-      _check_finite(fetched, manager)  # Before anything is saved.
-      if log_now:
-        train_metrics = {name: float(np.mean([values[name] for _, values in fetched]))
-                         for name in ("loss", "pixel_accuracy")}
-        writer.write(step, "train", train_metrics | {"images_per_second": throughput.images_per_second(step)})
-        divergence.check("train", step, train_metrics["loss"])
-        pending = []
-      step_eval: dict[str, Any] | None = None
-      if eval_now:
-        step_eval, first_batch = evaluate(eval_fn, state, config, mesh)
-        writer.write(step, "eval", step_eval)
-        divergence.check("eval", step, step_eval["loss"])
-        write_predictions(first_batch, config, str(epath.Path(workdir) / "predictions" / f"step_{step:06d}.png"))
-        eval_metrics = step_eval
-      if save_now:
-        checkpointing.save(manager, step, state, metrics=step_eval)
-      if eval_now or save_now:
-        throughput.restart(step)  # Neither eval nor saving is training time.
-      if preempted:
-        preempted_at = step
-        break
-  if preempted_at:
-    raise checkpointing.Preempted(preempted_at, checkpoint_dir)
-  return eval_metrics
 
 
 def default_workdir(config_path: str) -> str:
@@ -382,27 +27,10 @@ def default_workdir(config_path: str) -> str:
   return paths.resolve(pathlib.Path("runs") / f"{pathlib.Path(config_path).stem}-{stamp}")
 
 
-def _quiet_library_info() -> None:
-  """Orbax and tfds narrate every save and dataset open at INFO; the console keeps this run's lines and warnings
-  (less Orbax's note that a checkpoint between evals has no metrics: by design, see `checkpointing.make_manager`).
-  Errors from Orbax and from the asyncio loops its threads run keep their first line only: the trainer reports a
-  failed save itself, with its cause, once."""
-  def keep(record: std_logging.LogRecord) -> bool:
-    if any(source in record.pathname for source in ("/orbax/", "/asyncio/")) and record.levelno >= std_logging.ERROR:
-      record.msg, record.args = record.getMessage().splitlines()[0], ()
-      record.exc_info = record.exc_text = None
-      return True
-    if any(library in record.pathname for library in ("/orbax/", "/tensorflow_datasets/")):
-      return record.levelno > std_logging.WARNING or (
-          record.levelno == std_logging.WARNING and "did not provide metrics" not in record.getMessage())
-    return True
-  logging.get_absl_handler().addFilter(keep)
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; options go as --flag=value.")
-  _quiet_library_info()
+  cli.quiet_library_logs()
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   workdir = paths.resolve(FLAGS.workdir)
   if not workdir:
@@ -411,15 +39,15 @@ def main(argv: list[str]) -> None:
     workdir = default_workdir(FLAGS["config"].config_filename)
   logging.info("Workdir: %s", workdir)
   try:
-    train_and_evaluate(FLAGS.config, workdir)
+    trainer.train_and_evaluate(FLAGS.config, workdir)
   except checkpointing.Preempted as preempted:
     logging.warning("%s", preempted)
     sys.exit(PREEMPTED_EXIT_CODE)
 
 
 def define_flags() -> None:
-  """The CLI's flags, defined only when this module runs as a program: modules that import the trainer's
-  functions (evaluate, predict) define their own --config/--workdir."""
+  """The trainer's flags, defined only when this module runs as a program (importing a module claims no flag
+  names)."""
   config_flags.DEFINE_config_file("config", None, "Config file (a get_config() module), e.g. configs/pets.py; "
                                   "override fields with --config.field=value.", lock_config=True)
   flags.DEFINE_string("workdir", "", "Where checkpoints, metrics and figures go (local or gs://). An existing "

@@ -7,7 +7,7 @@ which phase a step belongs to is a function of the step alone, so a checkpoint's
 restoring it.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from unet_jax import errors, pretrained
+from unet_jax import errors, pretrained, sharding
 from unet_jax.models import UNet
 
 ENCODER = "encoder"  # The top-level params/batch_stats entry that holds the MobileNetV2 variables.
@@ -125,6 +125,14 @@ def make_optimizer(config: ml_collections.ConfigDict, num_train_steps: int, *,
   """The decoder's optimizer; the encoder's is `set_to_zero` while frozen, its own learning rate once unfrozen.
 
   With `model.freeze_encoder=False` the whole network is one group at `learning_rate`.
+
+  Args:
+    config: the run's config (optimizer, learning rates and schedule, grad_clip_norm, model.freeze_encoder).
+    num_train_steps: the schedule's length.
+    train_encoder: whether this is the phase in which a frozen encoder trains (`encoder_trains(config, step)`).
+
+  Returns:
+    The optax transformation for the whole params tree.
   """
   decoder_tx = _optimizer(config, learning_rate_schedule(config, num_train_steps))
   if not config.model.freeze_encoder:
@@ -138,3 +146,32 @@ def unfreeze_encoder(state: TrainState, tx: optax.GradientTransformation) -> Tra
   fresh = tx.init(state.params)
   inner_states = {**fresh.inner_states, "decoder": state.opt_state.inner_states["decoder"]}
   return state.replace(opt_state=fresh._replace(inner_states=inner_states))
+
+
+def make_init_fn(config: ml_collections.ConfigDict, model: nn.Module,
+                 tx: optax.GradientTransformation) -> Callable[..., TrainState]:
+  """The pure function building a fresh state from the pretrained encoder variables (or None): jit it, or
+  eval_shape it for the structure a checkpoint restores into."""
+  def init(encoder_variables: Mapping[str, Any] | None = None) -> TrainState:
+    return create_train_state(model, tx, jax.random.PRNGKey(config.seed), config.data.image_size, encoder_variables,
+                              config.model.pretrained)
+  return init
+
+
+def abstract_state(config: ml_collections.ConfigDict, model: nn.Module, tx: optax.GradientTransformation,
+                   mesh: jax.sharding.Mesh) -> TrainState:
+  """The state's shapes and dtypes, replicated on `mesh`: what a checkpoint restores into (nothing is computed).
+
+  The target sharding is the current mesh's, so a checkpoint written on N devices restores on any other count.
+  """
+  replicated = sharding.replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                      jax.eval_shape(make_init_fn(config, model, tx)))
+
+
+def state_to_restore(config: ml_collections.ConfigDict, step: int, mesh: jax.sharding.Mesh) -> TrainState:
+  """The abstract state a checkpoint of `step` restores into, replicated on `mesh` (any device count). The optimizer's
+  phase at `step` fixes the state's structure; the schedule's length does not enter it, so `step` stands in for
+  num_train_steps."""
+  tx = make_optimizer(config, max(step, 1), train_encoder=encoder_trains(config, step))
+  return abstract_state(config, create_model(config.model), tx, mesh)

@@ -20,7 +20,6 @@ Multi-host: each process reads its own contiguous part of the split and yields i
 
 from collections.abc import Iterator
 import functools
-import json
 
 import jax
 import ml_collections
@@ -215,11 +214,20 @@ def _train_dataset(data_config: ml_collections.ConfigDict, global_batch_size: in
 
 def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: int, seed: int, start_step: int = 0,
                   process_index: int | None = None, process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """This process's slice of every global batch, forever: {"image": float32 [B, S, S, 3], "mask": int32 [B, S, S],
-  "weight": float32 [B]}.
+  """This process's slice of every global batch, shuffled and augmented, forever.
 
   An epoch is `steps_per_epoch` steps: with `data.drop_remainder` the partial batch is dropped; without, it is padded
-  with weight-0 rows.
+  with weight-0 rows. The stream is a function of (seed, step) alone, so `start_step` resumes it exactly.
+
+  Args:
+    data_config: the config's `data` block.
+    global_batch_size: examples per step over all processes (divisible by the process count).
+    seed: shuffles and augments; start_step: the first step's batch (a resumed run's step).
+    process_index, process_count: this process's shard; default: JAX's.
+
+  Returns:
+    An iterator of {"image": float32 [B, S, S, 3], "mask": int32 [B, S, S], "weight": float32 [B]}, B the global
+    batch size over the process count.
   """
   _check_config(data_config)
   process_index, process_count = _processes(process_index, process_count)
@@ -229,13 +237,17 @@ def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: 
   return iter(tfds.as_numpy(dataset))
 
 
-@functools.lru_cache(maxsize=4)
-def _eval_dataset(data_config_json: str, global_batch_size: int, split: str, process_index: int,
-                  process_count: int) -> tf.data.Dataset:
-  """Memoised, so that with `cache` the split is decoded once and later evaluations read it from memory."""
-  data_config = ml_collections.ConfigDict(json.loads(data_config_json))
+def eval_dataset(data_config: ml_collections.ConfigDict, *, global_batch_size: int, split: str | None = None,
+                 process_index: int | None = None, process_count: int | None = None) -> tf.data.Dataset:
+  """This process's batches of one pass over `split` (default `eval_split`), the last one padded; see `eval_batches`.
+
+  A dataset rather than an iterator so that an evaluator builds it once and reads it at every evaluation: with
+  `data.cache` the split is decoded on the first pass and read from memory after.
+  """
+  _check_config(data_config)
+  process_index, process_count = _processes(process_index, process_count)
   local_batch_size = _local_batch_size(global_batch_size, process_count)
-  shard = _open_shard(data_config, split, process_index, process_count)
+  shard = _open_shard(data_config, data_config.eval_split if split is None else split, process_index, process_count)
   size, mask_size = data_config.image_size, data_config.eval_mask_size or data_config.image_size
   examples = shard.examples.map(functools.partial(_resize, image_size=size, mask_size=mask_size),
                                 num_parallel_calls=tf.data.AUTOTUNE)
@@ -252,12 +264,17 @@ def _eval_dataset(data_config_json: str, global_batch_size: int, split: str, pro
 def eval_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: int, split: str | None = None,
                  process_index: int | None = None,
                  process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """One pass over every example of `split` (default `eval_split`) exactly once; the last batch padded.
+  """One pass over every example of `split` exactly once, this process's shard; the last batch padded.
 
-  Adds "weight": float32 [B], 1.0 for a real example and 0.0 for padding. Masks are `eval_mask_size` when set.
+  Args:
+    data_config: the config's `data` block.
+    global_batch_size: examples per batch over all processes.
+    split: a split or tfds slice (default `data.eval_split`).
+    process_index, process_count: this process's shard; default: JAX's. Every process yields as many batches.
+
+  Returns:
+    An iterator of {"image", "mask", "weight"} as `train_batches`, unaugmented; "weight" is 1.0 for a real example
+    and 0.0 for padding, and masks are `data.eval_mask_size` when set.
   """
-  _check_config(data_config)
-  process_index, process_count = _processes(process_index, process_count)
-  dataset = _eval_dataset(data_config.to_json(sort_keys=True), global_batch_size,
-                          data_config.eval_split if split is None else split, process_index, process_count)
-  return iter(tfds.as_numpy(dataset))
+  return iter(tfds.as_numpy(eval_dataset(data_config, global_batch_size=global_batch_size, split=split,
+                                         process_index=process_index, process_count=process_count)))
