@@ -5,23 +5,28 @@
   python bench/train_step.py --profile    # also where one JAX step's time goes, per layer and per kind of op
   python bench/train_step.py --rounds=3 --modes=frozen --batch_sizes=64   # one ratio, robust to the machine's drift
   python bench/train_step.py --frameworks=jax --dtype=bfloat16 --batch_sizes=64,256   # e.g. on a GPU
+  python bench/train_step.py --padded_batches --frameworks=jax --modes=frozen,trainable --batch_sizes=16 --rounds=5
+      # what keeping each epoch's partial batch (data.drop_remainder=False) costs a step
 
 Each figure (framework x mode x batch) runs in its own subprocess, so that its peak RSS, compile time and thread
 pools are its own; JAX and Keras alternate, so that both see the same machine load, and a ratio line (JAX / Keras)
 follows each pair (with `--rounds=N`, the ratio of the medians of N alternating measurements). The JAX side is
-the product: the trainer's `train_step` (frozen encoder masked by the trainer's optimizer, donated state) and the
-model as `train_state.create_model` builds it. The Keras side is the tutorial's
+the product: the trainer's jitted step, `trainer.make_train_fn` (frozen encoder masked by the trainer's optimizer,
+donated state), and the model as `train_state.create_model` builds it. The Keras side is the tutorial's
 model (tf.keras MobileNetV2 down stack + pix2pix up stack, random weights) trained by the fastest loop Keras offers
 that does the same work: a `tf.function` step with a GradientTape and Adam (no XLA: `jit_compile` is slower on CPU).
 Both run on fixed random batches already in memory; the input pipeline is measured on its own
 (`bench/input_pipeline.py`) and reported beside the step, since it runs concurrently with training.
+
+`--padded_batches` adds a second JAX train figure: the step as data.drop_remainder=False compiles it, with every
+BatchNorm's batch statistics masked to the batch's real rows (the batch itself full), measured in turn with the
+others, and a ratio line of its step time over the unmasked step's.
 
 One JSON line per figure: images_per_s (batch / median step time), first_step_s (trace + compile + first run),
 peak_rss_mb, load_1m (the machine's load average at the end: other processes slow both sides alike).
 """
 
 import collections
-import functools
 import json
 import os
 import pathlib
@@ -58,7 +63,10 @@ _INPUT_PIPELINE = flags.DEFINE_bool("input_pipeline", True, "Also run bench/inpu
 _PROFILE = flags.DEFINE_bool("profile", False, "Trace one JAX step per figure and summarise where its time goes.")
 _ROUNDS = flags.DEFINE_integer("rounds", 1, "Measure each JAX/Keras pair this many times, alternating, and take the "
                                 "ratio of the medians: this machine drifts between runs by more than most effects.")
-_WORKER = flags.DEFINE_string("worker", "", "Internal: run one figure, 'framework:mode:batch', in this process.")
+_PADDED_BATCHES = flags.DEFINE_bool("padded_batches", False, "Also time the JAX train step that masks BatchNorm to "
+                                     "the real rows (data.drop_remainder=False), beside the unmasked one.")
+_WORKER = flags.DEFINE_string("worker", "", "Internal: run one figure, 'framework:mode:batch[:padded]', in this "
+                              "process.")
 
 
 def emit(**fields: Any) -> None:
@@ -85,25 +93,26 @@ def time_steps(run_step, steps: int) -> tuple[float, float]:
 
 # --- JAX: the trainer's step on the product's model. ---
 
-def jax_figure(mode: str, batch_size: int) -> dict[str, Any]:
+def jax_figure(mode: str, batch_size: int, padded: bool = False) -> dict[str, Any]:
   import jax
   import numpy as np
 
-  from unet_jax import default_config, train, train_state
+  from unet_jax import default_config, sharding, train_state, trainer
 
   config = default_config.get_config()
   config.model.update(pretrained="", freeze_encoder=mode != "trainable", dtype=_DTYPE.value,
                       conv_impl=_CONV_IMPL.value)
+  config.data.update(image_size=_IMAGE_SIZE.value, drop_remainder=not padded)  # A padding stream masks BatchNorm.
   model = train_state.create_model(config.model)
   tx = train_state.make_optimizer(config, num_train_steps=1000, train_encoder=mode == "trainable")
-  state = jax.jit(functools.partial(train_state.create_train_state, model, tx, image_size=_IMAGE_SIZE.value))(
-      jax.random.PRNGKey(0))
+  mesh = sharding.make_mesh()
+  state = jax.jit(train_state.make_init_fn(config, model, tx), out_shardings=sharding.replicated(mesh))()
   rng = np.random.default_rng(0)
   size = _IMAGE_SIZE.value
-  batch = jax.device_put({
+  batch = sharding.shard_batch({
       "image": rng.uniform(-1, 1, (batch_size, size, size, 3)).astype(np.float32),
       "mask": rng.integers(0, config.model.num_classes, (batch_size, size, size)).astype(np.int32),
-      "weight": np.ones(batch_size, np.float32)})
+      "weight": np.ones(batch_size, np.float32)}, mesh)
 
   if mode == "inference":
     step = jax.jit(lambda state, images: model.apply(
@@ -111,9 +120,7 @@ def jax_figure(mode: str, batch_size: int) -> dict[str, Any]:
     args = [state, batch["image"]]
     run_step = lambda: step(*args).block_until_ready()
   else:
-    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, class_weights=(), dice_weight=0.0,
-                                     padded_batches=False),
-                   donate_argnums=0)
+    step = trainer.make_train_fn(config, model, tx, mesh)
     args = [state, batch]
 
     def run_step():
@@ -212,9 +219,14 @@ def keras_figure(mode: str, batch_size: int) -> dict[str, Any]:
 
 
 def run_worker(spec: str) -> None:
-  framework, mode, batch = spec.split(":")
+  framework, mode, batch, *padded = spec.split(":")
   batch_size = int(batch)
-  figure = (jax_figure if framework == "jax" else keras_figure)(mode, batch_size)
+  if framework == "jax":
+    figure = jax_figure(mode, batch_size, padded=bool(padded))
+    if mode != "inference":
+      figure["padded_batches"] = bool(padded)
+  else:
+    figure = keras_figure(mode, batch_size)
   emit(figure="step" if mode == "inference" else "train_step", framework=framework, mode=mode, batch=batch_size,
        image_size=_IMAGE_SIZE.value, images_per_s=round(batch_size / figure.pop("median_step_s"), 2),
        first_step_s=round(figure.pop("first_step_s"), 2), peak_rss_mb=round(peak_rss_mb()), **figure,
@@ -254,22 +266,31 @@ def main(argv: list[str]) -> None:
   for name, values, allowed in (("frameworks", _FRAMEWORKS.value, FRAMEWORKS), ("modes", _MODES.value, MODES)):
     if not set(values) <= set(allowed):
       raise app.UsageError(f"--{name}={','.join(values)}: each must be one of {allowed}.")
+  if _PADDED_BATCHES.value and "jax" not in _FRAMEWORKS.value:
+    raise app.UsageError("--padded_batches times a JAX train step: add jax to --frameworks.")
   if _QUICK.value:
     flags.FLAGS.batch_sizes, flags.FLAGS.steps, flags.FLAGS.input_pipeline = ["8"], 2, False
   emit(figure="machine", cpus=os.cpu_count(), load_1m=round(os.getloadavg()[0], 2), python=sys.version.split()[0])
   for mode in _MODES.value:
     for batch in _BATCH_SIZES.value:
+      variants = list(_FRAMEWORKS.value)
+      if _PADDED_BATCHES.value and mode != "inference":  # Inference has no batch statistics to mask.
+        variants.append("jax:padded")
       figures = collections.defaultdict(list)
       for _ in range(_ROUNDS.value):
-        for framework in _FRAMEWORKS.value:
-          rows = subprocess_lines([sys.executable, __file__, f"--worker={framework}:{mode}:{batch}",
+        for variant in variants:
+          framework, *padded = variant.split(":")
+          rows = subprocess_lines([sys.executable, __file__, f"--worker={':'.join([framework, mode, batch, *padded])}",
                                    *forwarded_flags()])
-          figures[framework] += [row for row in rows if row["figure"] != "profile"][:1]
+          figures[variant] += [row for row in rows if row["figure"] != "profile"][:1]
       if figures["jax"] and figures["keras"]:
         emit(figure="ratio_jax_over_keras", mode=mode, batch=int(batch), rounds=_ROUNDS.value,
              **{field: round(median(figures["jax"], key) / median(figures["keras"], key), 2)
                 for field, key in (("images_per_s", "images_per_s"), ("first_step_s", "first_step_s"),
                                    ("peak_rss", "peak_rss_mb"))})
+      if figures["jax"] and figures["jax:padded"]:
+        emit(figure="ratio_padded_over_unpadded", mode=mode, batch=int(batch), rounds=_ROUNDS.value,
+             step_s=round(median(figures["jax"], "images_per_s") / median(figures["jax:padded"], "images_per_s"), 3))
   if _INPUT_PIPELINE.value:  # The train stream's images/s, to set beside the step's.
     subprocess_lines([sys.executable, str(REPO_ROOT / "bench" / "input_pipeline.py"),
                       f"--batch_size={max(map(int, _BATCH_SIZES.value))}", f"--image_size={_IMAGE_SIZE.value}",
