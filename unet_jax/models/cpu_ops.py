@@ -79,8 +79,8 @@ def _channel_dot(x: jax.Array, kernel: jax.Array, precision: Any, preferred_elem
 @jax.custom_vjp
 def _pixel_product(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """`_channel_dot` with its VJP written out: for autodiff's kernel-gradient product XLA:CPU makes a transposed copy
-  of the output gradient (the wider operand of an expansion); contracting the input first made the whole trainable
-  step ~9% faster (A/B on the train step, batch 64)."""
+  of the output gradient (the wider operand of an expansion); contracting the input first needs no copy (the
+  trainable step's gain is in bench/README.md)."""
   return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
 
 
@@ -239,9 +239,8 @@ def _tap_product(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """[N, H, W, Cin] x (3, 3, Cout, Cin) -> [N, H, W, 3, 3, Cout], every tap's contribution per input pixel.
 
   As a product of matrices, [N*H*W, Cin] by the kernel's own [9*Cout, Cin] (contracting the minor axis of both):
-  XLA:CPU hands that to YNNPACK as is, which reads the kernel transposed while packing it. Given the 4-D operands,
-  XLA first copied the kernel to [Cin, 9*Cout] in a separate, slow loop on every call (up_1's is 10 MB): 20-30% of
-  the decoder layers' forward time at batch 8.
+  XLA:CPU hands that to YNNPACK as is, which reads the kernel transposed while packing it. Given 4-D operands, XLA
+  would first copy the kernel to [Cin, 9*Cout] in a separate, slow loop on every call (up_1's is 10 MB).
   """
   n, h, w, channels = x.shape
   taps = lax.dot_general(x.reshape(n * h * w, channels), kernel.reshape(-1, channels), (((1,), (1,)), ((), ())),
