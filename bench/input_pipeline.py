@@ -1,7 +1,8 @@
 """Input pipeline throughput: images/s of the train stream, first epoch (decode + resize) and cached epochs.
 
 Measures the offline `synthetic_pets` (its build time too, into a fresh data_dir unless --data_dir is given) and
-the real images of ../shared/data/pets_sample through the folder dataset. One JSON line per measurement.
+the real images of pets_sample through the folder dataset, as configs/pets_sample.py reads them (its copy beside the
+repository unless --pets_sample is given). One JSON line per measurement.
 
   python bench/input_pipeline.py [--image_size=128] [--batch_size=32] [--cached_epochs=2]
 """
@@ -9,6 +10,7 @@ the real images of ../shared/data/pets_sample through the folder dataset. One JS
 import json
 import os
 import pathlib
+import runpy
 import tempfile
 import time
 
@@ -21,8 +23,8 @@ from unet_jax import data, default_config
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "tfds data_dir for synthetic_pets; '' builds into a fresh temp dir.")
-_PETS_SAMPLE = flags.DEFINE_string("pets_sample", str(REPO_ROOT.parent / "shared" / "data" / "pets_sample"),
-                                   "The Oxford-IIIT Pet sample folder; skipped when absent.")
+_PETS_SAMPLE = flags.DEFINE_string("pets_sample", "", "The Oxford-IIIT Pet sample folder; '' reads the copy beside "
+                                   "the repository (configs/pets_sample.py:local). Skipped when absent.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 128, "Training image size.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Global batch size.")
 _CACHED_EPOCHS = flags.DEFINE_integer("cached_epochs", 2, "Epochs timed after the first (read from the cache).")
@@ -57,11 +59,11 @@ def main(argv: list[str]) -> None:
          seconds=round(time.perf_counter() - start, 2))
   time_train_stream("synthetic_pets", config)
 
-  if pathlib.Path(_PETS_SAMPLE.value).is_dir():
-    config = default_config.get_config().data
-    config.name, config.image_size = "folder", _IMAGE_SIZE.value
-    config.folder.update(root=_PETS_SAMPLE.value, masks="annotations/trimaps", mask_value_map="1:0,2:1,3:2",
-                         train_list="annotations/trainval.txt", test_list="annotations/test.txt")
+  config = runpy.run_path(str(REPO_ROOT / "configs" / "pets_sample.py"))["get_config"]("local").data
+  config.image_size = _IMAGE_SIZE.value
+  config.drop_remainder = True  # Full batches only, so that images = steps x batch size.
+  config.folder.root = _PETS_SAMPLE.value or config.folder.root
+  if pathlib.Path(config.folder.root).is_dir():
     start = time.perf_counter()
     examples = data.num_examples(config, "train")  # The one-off check of every pair.
     report(dataset="pets_sample", phase="scan", examples=examples, seconds=round(time.perf_counter() - start, 2))
