@@ -25,7 +25,9 @@ Hardware and time: about 90 minutes on one core of a 2-vCPU Intel Xeon (Emerald 
 Expected result (experiments/pets_quality/, seeds 0-2): test pixel accuracy 0.922, mean IoU 0.783 +- 0.004 (0.779,
 0.786, 0.784; pet 0.856, background 0.926, border 0.567), against 0.70 for configs/pets_sample.py.
 
-Run from the repository root:
+Run from the repository root, with DIR the subset's folder (images/, annotations/):
+  python -m unet_jax.train --config configs/pets_best.py --workdir runs/pets_best --config.data.folder.root=DIR
+or on the copies beside the repository:
   python -m unet_jax.train --config configs/pets_best.py:local --workdir runs/pets_best
 """
 
