@@ -14,17 +14,21 @@ import runpy
 import tempfile
 import time
 
-from absl import app, flags
 import ml_collections
 import tensorflow_datasets as tfds
+from absl import app, flags
 
 from unet_jax import data, default_config
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "tfds data_dir for synthetic_pets; '' builds into a fresh temp dir.")
-_PETS_SAMPLE = flags.DEFINE_string("pets_sample", "", "The Oxford-IIIT Pet sample folder; '' reads the copy beside "
-                                   "the repository (configs/pets_sample.py:local). Skipped when absent.")
+_PETS_SAMPLE = flags.DEFINE_string(
+  "pets_sample",
+  "",
+  "The Oxford-IIIT Pet sample folder; '' reads the copy beside "
+  "the repository (configs/pets_sample.py:local). Skipped when absent.",
+)
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 128, "Training image size.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Global batch size.")
 _CACHED_EPOCHS = flags.DEFINE_integer("cached_epochs", 2, "Epochs timed after the first (read from the cache).")
@@ -55,8 +59,12 @@ def main(argv: list[str]) -> None:
   config.name, config.data_dir, config.image_size = "synthetic_pets", data_dir, _IMAGE_SIZE.value
   start = time.perf_counter()
   examples = data.num_examples(config, "train") + data.num_examples(config, "test")  # Builds it if needed.
-  report(dataset="synthetic_pets", phase="build" if not _DATA_DIR.value else "open", examples=examples,
-         seconds=round(time.perf_counter() - start, 2))
+  report(
+    dataset="synthetic_pets",
+    phase="build" if not _DATA_DIR.value else "open",
+    examples=examples,
+    seconds=round(time.perf_counter() - start, 2),
+  )
   time_train_stream("synthetic_pets", config)
 
   config = runpy.run_path(str(REPO_ROOT / "configs" / "pets_sample.py"))["get_config"]("local").data

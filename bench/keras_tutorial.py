@@ -5,8 +5,7 @@ Also the Keras side of experiments/pets_quality/ (with ImageNet weights in its d
 
 from typing import Any
 
-TAPS = ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu",
-        "block_16_project")
+TAPS = ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu", "block_16_project")
 
 
 def keras_tutorial_unet(keras, image_size: int, num_classes: int = 3, encoder_weights: str | None = None):
@@ -20,11 +19,20 @@ def keras_tutorial_unet(keras, image_size: int, num_classes: int = 3, encoder_we
     down_stack.load_weights(encoder_weights, by_name=True)
 
   def upsample(filters: int) -> Any:  # pix2pix.upsample(filters, 3), no dropout.
-    return keras.Sequential([
-        layers.Conv2DTranspose(filters, 3, strides=2, padding="same", use_bias=False,
-                               kernel_initializer=keras.initializers.RandomNormal(0.0, 0.02)),
+    return keras.Sequential(
+      [
+        layers.Conv2DTranspose(
+          filters,
+          3,
+          strides=2,
+          padding="same",
+          use_bias=False,
+          kernel_initializer=keras.initializers.RandomNormal(0.0, 0.02),
+        ),
         layers.BatchNormalization(),
-        layers.ReLU()])
+        layers.ReLU(),
+      ]
+    )
 
   inputs = layers.Input(shape=[image_size, image_size, 3])
   skips = down_stack(inputs)

@@ -40,7 +40,6 @@ import time
 from typing import Any
 
 from absl import app, flags
-
 from keras_tutorial import keras_tutorial_unet  # bench/ is this script's directory, so on sys.path.
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -52,21 +51,34 @@ _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["8", "64"], "Batch sizes to mea
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 128, "Image height and width.")
 _STEPS = flags.DEFINE_integer("steps", 8, "Timed steps per figure, after two warm-up steps.")
 _FRAMEWORKS = flags.DEFINE_list("frameworks", list(FRAMEWORKS), f"Any of {FRAMEWORKS}.")
-_MODES = flags.DEFINE_list("modes", list(MODES), f"Any of {MODES}: train steps with the encoder frozen or "
-                           "trainable, and forward-only inference.")
+_MODES = flags.DEFINE_list(
+  "modes", list(MODES), f"Any of {MODES}: train steps with the encoder frozen or trainable, and forward-only inference."
+)
 _CONV_IMPL = flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "cpu"], "The JAX model's conv_impl.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "The JAX model's compute dtype.")
-_KERAS = flags.DEFINE_enum("keras", "tf.keras", ["tf.keras", "tf_keras"],
-                           "The reference's Keras: tf.keras (Keras 3, what the tutorial runs on today's TF) or "
-                           "tf_keras (Keras 2).")
+_KERAS = flags.DEFINE_enum(
+  "keras",
+  "tf.keras",
+  ["tf.keras", "tf_keras"],
+  "The reference's Keras: tf.keras (Keras 3, what the tutorial runs on today's TF) or tf_keras (Keras 2).",
+)
 _INPUT_PIPELINE = flags.DEFINE_bool("input_pipeline", True, "Also run bench/input_pipeline.py at the largest batch.")
 _PROFILE = flags.DEFINE_bool("profile", False, "Trace one JAX step per figure and summarise where its time goes.")
-_ROUNDS = flags.DEFINE_integer("rounds", 1, "Measure each JAX/Keras pair this many times, alternating, and take the "
-                                "ratio of the medians: this machine drifts between runs by more than most effects.")
-_PADDED_BATCHES = flags.DEFINE_bool("padded_batches", False, "Also time the JAX train step that masks BatchNorm to "
-                                     "the real rows (data.drop_remainder=False), beside the unmasked one.")
-_WORKER = flags.DEFINE_string("worker", "", "Internal: run one figure, 'framework:mode:batch[:padded]', in this "
-                              "process.")
+_ROUNDS = flags.DEFINE_integer(
+  "rounds",
+  1,
+  "Measure each JAX/Keras pair this many times, alternating, and take the "
+  "ratio of the medians: this machine drifts between runs by more than most effects.",
+)
+_PADDED_BATCHES = flags.DEFINE_bool(
+  "padded_batches",
+  False,
+  "Also time the JAX train step that masks BatchNorm to "
+  "the real rows (data.drop_remainder=False), beside the unmasked one.",
+)
+_WORKER = flags.DEFINE_string(
+  "worker", "", "Internal: run one figure, 'framework:mode:batch[:padded]', in this process."
+)
 
 
 def emit(**fields: Any) -> None:
@@ -93,6 +105,7 @@ def time_steps(run_step, steps: int) -> tuple[float, float]:
 
 # --- JAX: the trainer's step on the product's model. ---
 
+
 def jax_figure(mode: str, batch_size: int, padded: bool = False) -> dict[str, Any]:
   import jax
   import numpy as np
@@ -100,8 +113,7 @@ def jax_figure(mode: str, batch_size: int, padded: bool = False) -> dict[str, An
   from unet_jax import default_config, sharding, train_state, trainer
 
   config = default_config.get_config()
-  config.model.update(pretrained="", freeze_encoder=mode != "trainable", dtype=_DTYPE.value,
-                      conv_impl=_CONV_IMPL.value)
+  config.model.update(pretrained="", freeze_encoder=mode != "trainable", dtype=_DTYPE.value, conv_impl=_CONV_IMPL.value)
   config.data.update(image_size=_IMAGE_SIZE.value, drop_remainder=not padded)  # A padding stream masks BatchNorm.
   model = train_state.create_model(config.model)
   tx = train_state.make_optimizer(config, num_train_steps=1000, train_encoder=mode == "trainable")
@@ -109,14 +121,19 @@ def jax_figure(mode: str, batch_size: int, padded: bool = False) -> dict[str, An
   state = jax.jit(train_state.make_init_fn(config, model, tx), out_shardings=sharding.replicated(mesh))()
   rng = np.random.default_rng(0)
   size = _IMAGE_SIZE.value
-  batch = sharding.shard_batch({
+  batch = sharding.shard_batch(
+    {
       "image": rng.uniform(-1, 1, (batch_size, size, size, 3)).astype(np.float32),
       "mask": rng.integers(0, config.model.num_classes, (batch_size, size, size)).astype(np.int32),
-      "weight": np.ones(batch_size, np.float32)}, mesh)
+      "weight": np.ones(batch_size, np.float32),
+    },
+    mesh,
+  )
 
   if mode == "inference":
-    step = jax.jit(lambda state, images: model.apply(
-        {"params": state.params, "batch_stats": state.batch_stats}, images, train=False))
+    step = jax.jit(
+      lambda state, images: model.apply({"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
+    )
     args = [state, batch["image"]]
     run_step = lambda: step(*args).block_until_ready()
   else:
@@ -144,7 +161,7 @@ def profile_step(step, args: list[Any], run_step) -> list[dict[str, Any]]:
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir):
       run_step()
-    trace, = pathlib.Path(trace_dir).rglob("*.xplane.pb")
+    (trace,) = pathlib.Path(trace_dir).rglob("*.xplane.pb")
     profile = jax.profiler.ProfileData.from_file(str(trace))
   by_layer, by_stage, by_kind = collections.Counter(), collections.Counter(), collections.Counter()
   for plane in profile.planes:
@@ -171,13 +188,30 @@ def attribute(op_name: str) -> tuple[str, str, str]:
   """
   parts = op_name.split("/")[1:]
   primitive = parts[-1] if parts else op_name
-  kind = ("matmul" if primitive.startswith("dot_general") else
-          "reduction" if primitive.startswith(("reduce", "argmax")) else
-          "data movement" if primitive in ("concatenate", "pad", "slice", "copy", "transpose", "broadcast_in_dim",
-                                           "reshape", "dynamic_slice", "gather", "scatter-add", "select_n") else
-          "elementwise")
+  kind = (
+    "matmul"
+    if primitive.startswith("dot_general")
+    else "reduction"
+    if primitive.startswith(("reduce", "argmax"))
+    else "data movement"
+    if primitive
+    in (
+      "concatenate",
+      "pad",
+      "slice",
+      "copy",
+      "transpose",
+      "broadcast_in_dim",
+      "reshape",
+      "dynamic_slice",
+      "gather",
+      "scatter-add",
+      "select_n",
+    )
+    else "elementwise"
+  )
   if not parts or "UNet" not in parts[0]:
-    stage = ("loss " if parts and "jvp(" in parts[0] else "optimizer/metrics ")
+    stage = "loss " if parts and "jvp(" in parts[0] else "optimizer/metrics "
     return stage + primitive, stage.strip(), kind
   direction = "backward" if parts[0].startswith("transpose(") else "forward"
   modules = [part for part in parts[1:-1] if "." not in part and "(" not in part]
@@ -186,8 +220,10 @@ def attribute(op_name: str) -> tuple[str, str, str]:
 
 # --- Keras: the TF tutorial's model (bench/keras_tutorial.py) and its fastest equivalent loop. ---
 
+
 def keras_figure(mode: str, batch_size: int) -> dict[str, Any]:
   import tensorflow as tf
+
   if _KERAS.value == "tf_keras":
     import tf_keras as keras
   else:
@@ -227,13 +263,22 @@ def run_worker(spec: str) -> None:
       figure["padded_batches"] = bool(padded)
   else:
     figure = keras_figure(mode, batch_size)
-  emit(figure="step" if mode == "inference" else "train_step", framework=framework, mode=mode, batch=batch_size,
-       image_size=_IMAGE_SIZE.value, images_per_s=round(batch_size / figure.pop("median_step_s"), 2),
-       first_step_s=round(figure.pop("first_step_s"), 2), peak_rss_mb=round(peak_rss_mb()), **figure,
-       load_1m=round(os.getloadavg()[0], 2))
+  emit(
+    figure="step" if mode == "inference" else "train_step",
+    framework=framework,
+    mode=mode,
+    batch=batch_size,
+    image_size=_IMAGE_SIZE.value,
+    images_per_s=round(batch_size / figure.pop("median_step_s"), 2),
+    first_step_s=round(figure.pop("first_step_s"), 2),
+    peak_rss_mb=round(peak_rss_mb()),
+    **figure,
+    load_1m=round(os.getloadavg()[0], 2),
+  )
 
 
 # --- The driver: one subprocess per figure. ---
+
 
 def subprocess_lines(command: list[str]) -> list[dict[str, Any]]:
   """Runs `command`, echoing and returning its JSON lines; a failure is reported as a line, not raised."""
@@ -243,8 +288,7 @@ def subprocess_lines(command: list[str]) -> list[dict[str, Any]]:
   for row in rows:
     print(json.dumps(row), flush=True)
   if result.returncode:
-    emit(figure="error", command=" ".join(command[1:]), returncode=result.returncode,
-         stderr_tail=result.stderr[-2000:])
+    emit(figure="error", command=" ".join(command[1:]), returncode=result.returncode, stderr_tail=result.stderr[-2000:])
   return rows
 
 
@@ -253,8 +297,14 @@ def median(rows: list[dict[str, Any]], key: str) -> float:
 
 
 def forwarded_flags() -> list[str]:
-  return [f"--image_size={_IMAGE_SIZE.value}", f"--steps={_STEPS.value}", f"--conv_impl={_CONV_IMPL.value}",
-          f"--dtype={_DTYPE.value}", f"--keras={_KERAS.value}", f"--profile={_PROFILE.value}"]
+  return [
+    f"--image_size={_IMAGE_SIZE.value}",
+    f"--steps={_STEPS.value}",
+    f"--conv_impl={_CONV_IMPL.value}",
+    f"--dtype={_DTYPE.value}",
+    f"--keras={_KERAS.value}",
+    f"--profile={_PROFILE.value}",
+  ]
 
 
 def main(argv: list[str]) -> None:
@@ -280,21 +330,43 @@ def main(argv: list[str]) -> None:
       for _ in range(_ROUNDS.value):
         for variant in variants:
           framework, *padded = variant.split(":")
-          rows = subprocess_lines([sys.executable, __file__, f"--worker={':'.join([framework, mode, batch, *padded])}",
-                                   *forwarded_flags()])
+          rows = subprocess_lines(
+            [sys.executable, __file__, f"--worker={':'.join([framework, mode, batch, *padded])}", *forwarded_flags()]
+          )
           figures[variant] += [row for row in rows if row["figure"] != "profile"][:1]
       if figures["jax"] and figures["keras"]:
-        emit(figure="ratio_jax_over_keras", mode=mode, batch=int(batch), rounds=_ROUNDS.value,
-             **{field: round(median(figures["jax"], key) / median(figures["keras"], key), 2)
-                for field, key in (("images_per_s", "images_per_s"), ("first_step_s", "first_step_s"),
-                                   ("peak_rss", "peak_rss_mb"))})
+        emit(
+          figure="ratio_jax_over_keras",
+          mode=mode,
+          batch=int(batch),
+          rounds=_ROUNDS.value,
+          **{
+            field: round(median(figures["jax"], key) / median(figures["keras"], key), 2)
+            for field, key in (
+              ("images_per_s", "images_per_s"),
+              ("first_step_s", "first_step_s"),
+              ("peak_rss", "peak_rss_mb"),
+            )
+          },
+        )
       if figures["jax"] and figures["jax:padded"]:
-        emit(figure="ratio_padded_over_unpadded", mode=mode, batch=int(batch), rounds=_ROUNDS.value,
-             step_s=round(median(figures["jax"], "images_per_s") / median(figures["jax:padded"], "images_per_s"), 3))
+        emit(
+          figure="ratio_padded_over_unpadded",
+          mode=mode,
+          batch=int(batch),
+          rounds=_ROUNDS.value,
+          step_s=round(median(figures["jax"], "images_per_s") / median(figures["jax:padded"], "images_per_s"), 3),
+        )
   if _INPUT_PIPELINE.value:  # The train stream's images/s, to set beside the step's.
-    subprocess_lines([sys.executable, str(REPO_ROOT / "bench" / "input_pipeline.py"),
-                      f"--batch_size={max(map(int, _BATCH_SIZES.value))}", f"--image_size={_IMAGE_SIZE.value}",
-                      "--cached_epochs=1"])
+    subprocess_lines(
+      [
+        sys.executable,
+        str(REPO_ROOT / "bench" / "input_pipeline.py"),
+        f"--batch_size={max(map(int, _BATCH_SIZES.value))}",
+        f"--image_size={_IMAGE_SIZE.value}",
+        "--cached_epochs=1",
+      ]
+    )
 
 
 if __name__ == "__main__":

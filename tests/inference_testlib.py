@@ -11,7 +11,6 @@ import pathlib
 import jax
 import ml_collections
 import pytest
-
 import train_testlib
 
 NUM_TRAIN_STEPS = 4
@@ -26,7 +25,7 @@ class TrainedWorkdir:
 
 
 _SESSION_RUN: list[TrainedWorkdir] = []  # Module-level: each test module importing `trained` gets its own copy of
-                                         # the fixture, and they must still share one training per test process.
+# the fixture, and they must still share one training per test process.
 
 
 @pytest.fixture(scope="session")
@@ -38,10 +37,17 @@ def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 def _train(data_dir: pathlib.Path, workdir: pathlib.Path) -> TrainedWorkdir:
   from unet_jax import trainer  # Imports TensorFlow and the data pipeline: only when a test needs a model.
+
   jax.config.update("jax_compilation_cache_dir", str(train_testlib.XLA_CACHE_DIR))
-  config = train_testlib.tiny_config(data_dir, {
-      "num_train_steps": NUM_TRAIN_STEPS, "eval_every_steps": EVAL_EVERY_STEPS,
-      "checkpoint_every_steps": EVAL_EVERY_STEPS, "max_to_keep": 3})
+  config = train_testlib.tiny_config(
+    data_dir,
+    {
+      "num_train_steps": NUM_TRAIN_STEPS,
+      "eval_every_steps": EVAL_EVERY_STEPS,
+      "checkpoint_every_steps": EVAL_EVERY_STEPS,
+      "max_to_keep": 3,
+    },
+  )
   trainer.train_and_evaluate(config, str(workdir))
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   evals = {record["step"]: record for record in records if record["split"] == "eval"}

@@ -84,11 +84,14 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_one_before_and_is_set
     checkpointing.save(manager, step, _state(float(step)))
   manager.close()
   # Truncate every data file of step 3, as a disk that filled up or a copy that was cut short would.
-  data_files = [path for path in (tmp_path / "checkpoints" / "3").rglob("*") if path.is_file() and
-                path.stat().st_size > 0 and "ocdbt" in str(path)]
+  data_files = [
+    path
+    for path in (tmp_path / "checkpoints" / "3").rglob("*")
+    if path.is_file() and path.stat().st_size > 0 and "ocdbt" in str(path)
+  ]
   assert data_files
   for path in data_files:
-    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 3])
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 3])
 
   manager = checkpointing.make_manager(str(tmp_path), max_to_keep=3)
   with pytest.raises(checkpointing.CheckpointError, match="step 3 in .*cannot be read"):
@@ -197,8 +200,10 @@ def test_resuming_with_safe_changes_records_them_in_the_history(tmp_path):
   longer.model.pretrained = "/elsewhere/weights.h5"  # Read only when a run starts from scratch.
   checkpointing.record_config(str(tmp_path), longer, has_checkpoints=True)
   (entry,) = map(json.loads, (tmp_path / checkpointing.CONFIG_HISTORY_FILE).read_text().splitlines())
-  assert entry["changes"] == {"eval_every_steps": {"from": -1, "to": 100},
-                              "eval_scales": {"from": [1.0], "to": [0.75, 1.0]},
-                              "model.pretrained": {"from": "imagenet", "to": "/elsewhere/weights.h5"},
-                              "num_train_steps": {"from": -1, "to": 5000}}
+  assert entry["changes"] == {
+    "eval_every_steps": {"from": -1, "to": 100},
+    "eval_scales": {"from": [1.0], "to": [0.75, 1.0]},
+    "model.pretrained": {"from": "imagenet", "to": "/elsewhere/weights.h5"},
+    "num_train_steps": {"from": -1, "to": 5000},
+  }
   assert checkpointing.load_config(str(tmp_path)).num_train_steps == 5000

@@ -13,8 +13,13 @@ import pytest
 from unet_jax import cli, default_config, errors
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
-       "PYTHONPATH": str(REPO_ROOT)}
+ENV = {
+  **os.environ,
+  "JAX_PLATFORMS": "cpu",
+  "TF_CPP_MIN_LOG_LEVEL": "2",
+  "CUDA_VISIBLE_DEVICES": "",
+  "PYTHONPATH": str(REPO_ROOT),
+}
 
 
 def _run(*command: str, cwd: pathlib.Path = REPO_ROOT) -> subprocess.CompletedProcess:
@@ -35,16 +40,19 @@ def _config_file(tmp_path: pathlib.Path, body: str) -> pathlib.Path:
 def test_an_override_of_a_missing_field_is_one_line_naming_the_field_and_the_nearest_one():
   result = _summary("--config=configs/synthetic.py", "--config.model.alfa=0.5")
   assert result.returncode == 1, result.stderr[-3000:]
-  assert ("--config.model.alfa=0.5: the config has no field 'model.alfa'; did you mean 'model.alpha'?"
-          in result.stderr)
+  assert "--config.model.alfa=0.5: the config has no field 'model.alfa'; did you mean 'model.alpha'?" in result.stderr
   assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("bug, line", [("config.model.alfa.beta = 1", "AttributeError"),
-                                       ("config.batch_size = {'a': 1}['b']", "KeyError: 'b'")])
+@pytest.mark.parametrize(
+  "bug, line",
+  [("config.model.alfa.beta = 1", "AttributeError"), ("config.batch_size = {'a': 1}['b']", "KeyError: 'b'")],
+)
 def test_a_bug_in_get_config_shows_its_traceback_in_the_users_file(tmp_path, bug, line):
   # The same exceptions a locked ConfigDict raises for an unknown override: they must not read as one.
-  path = _config_file(tmp_path, f"""\
+  path = _config_file(
+    tmp_path,
+    f"""\
       from unet_jax import default_config
 
 
@@ -52,7 +60,8 @@ def test_a_bug_in_get_config_shows_its_traceback_in_the_users_file(tmp_path, bug
         config = default_config.get_config()
         {bug}
         return config
-      """)
+      """,
+  )
   result = _summary(f"--config={path}")
   assert result.returncode == 1
   assert "Traceback (most recent call last)" in result.stderr
@@ -62,13 +71,16 @@ def test_a_bug_in_get_config_shows_its_traceback_in_the_users_file(tmp_path, bug
 
 
 def test_a_syntax_error_is_a_short_message_with_file_line_and_text(tmp_path):
-  path = _config_file(tmp_path, """\
+  path = _config_file(
+    tmp_path,
+    """\
       from unet_jax import default_config
 
 
       def get_config(:
         return default_config.get_config()
-      """)
+      """,
+  )
   result = _summary(f"--config={path}")
   assert result.returncode == 1
   assert f'File "{path}", line 4' in result.stderr and "def get_config(:" in result.stderr
@@ -96,11 +108,21 @@ def test_parse_flags_makes_the_configs_paths_absolute_from_where_the_command_ran
 
       cli.run(main, name="show", define_flags=lambda: config_flags.DEFINE_config_file("config", None, ""))
       """)
-  result = _run("-c", script, f"--config={REPO_ROOT / 'configs' / 'folder.py'}", "--config.data.data_dir=tfds",
-                "--config.data.folder.root=../pets", "--config.model.pretrained=weights/encoder.h5", cwd=tmp_path)
+  result = _run(
+    "-c",
+    script,
+    f"--config={REPO_ROOT / 'configs' / 'folder.py'}",
+    "--config.data.data_dir=tfds",
+    "--config.data.folder.root=../pets",
+    "--config.model.pretrained=weights/encoder.h5",
+    cwd=tmp_path,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
-  assert result.stdout.splitlines() == [str(tmp_path / "tfds"), str(tmp_path.parent / "pets"),
-                                        str(tmp_path / "weights" / "encoder.h5")]
+  assert result.stdout.splitlines() == [
+    str(tmp_path / "tfds"),
+    str(tmp_path.parent / "pets"),
+    str(tmp_path / "weights" / "encoder.h5"),
+  ]
 
 
 def test_run_prints_a_user_error_alone_and_keeps_a_bugs_traceback():
@@ -125,8 +147,10 @@ def test_evaluate_reports_an_unknown_override_before_ml_collections_raises():
   # Its --config is a DEFINE_config_dict, which applies the overrides as it is defined.
   result = _run("-m", "unet_jax.evaluate", "--workdir=runs/none", "--config.data.eval_splt=train")
   assert result.returncode == 1
-  assert ("--config.data.eval_splt=train: the config has no field 'data.eval_splt'; did you mean 'data.eval_split'?"
-          in result.stderr)
+  assert (
+    "--config.data.eval_splt=train: the config has no field 'data.eval_splt'; did you mean 'data.eval_split'?"
+    in result.stderr
+  )
   assert "Traceback" not in result.stderr
 
 
@@ -146,7 +170,10 @@ def test_resolve_config_paths_makes_local_paths_absolute_under_the_cwd(tmp_path,
   config.lock()
   cli.resolve_config_paths(config)
   assert (config.data.data_dir, config.data.folder.root, config.model.pretrained) == (
-      str(tmp_path / "tfds"), str(tmp_path.parent / "pets"), str(tmp_path / "w" / "encoder.h5"))
+    str(tmp_path / "tfds"),
+    str(tmp_path.parent / "pets"),
+    str(tmp_path / "w" / "encoder.h5"),
+  )
   for pretrained in ("imagenet", "", "gs://bucket/encoder.h5"):
     config.data.data_dir, config.model.pretrained = "gs://bucket/tfds", pretrained
     cli.resolve_config_paths(config)

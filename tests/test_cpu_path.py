@@ -23,10 +23,12 @@ NHWC = ("NHWC", "HWIO", "NHWC")
 
 def assert_close(actual, expected, rtol: float) -> None:
   """max |a - e| <= rtol * max |e|, for every leaf of the two trees."""
+
   def check(a, e):
     a, e = np.asarray(a, np.float64), np.asarray(e, np.float64)
     assert a.shape == e.shape
     assert np.abs(a - e).max() <= rtol * np.abs(e).max(), (np.abs(a - e).max(), np.abs(e).max())
+
   jax.tree.map(check, actual, expected)
 
 
@@ -34,8 +36,11 @@ def assert_close_to_tree_scale(actual, expected, rtol: float) -> None:
   """Every leaf within rtol of the largest magnitude in the whole tree: for trees with leaves that are zero up to
   rounding (the batch mean after a BatchNorm, the gradient of a BatchNorm bias followed by another BatchNorm)."""
   scale = max(float(np.abs(leaf).max()) for leaf in jax.tree.leaves(expected))
-  jax.tree.map(lambda a, e: np.testing.assert_array_less(np.abs(np.asarray(a) - np.asarray(e)).max(), rtol * scale),
-               actual, expected)
+  jax.tree.map(
+    lambda a, e: np.testing.assert_array_less(np.abs(np.asarray(a) - np.asarray(e)).max(), rtol * scale),
+    actual,
+    expected,
+  )
 
 
 def random(shape, seed: int, scale: float = 1.0) -> jax.Array:
@@ -69,7 +74,7 @@ def shared_variables(models, images, seed: int = 0):
 def test_the_cpu_transpose_conv_initialises_as_flax_does():
   """Same parameter names and values for the same rng: a model initialised on one path is the same on the other."""
   x = jnp.zeros((1, 4, 4, 6))
-  kwargs = dict(use_bias=True, kernel_init=nn.initializers.normal(0.02), bias_init=nn.initializers.normal(1.0))
+  kwargs = {"use_bias": True, "kernel_init": nn.initializers.normal(0.02), "bias_init": nn.initializers.normal(1.0)}
   fast = cpu_ops.ConvTranspose3x3Stride2(5, **kwargs).init(jax.random.key(0), x)
   reference = nn.ConvTranspose(5, (3, 3), (2, 2), transpose_kernel=True, **kwargs).init(jax.random.key(0), x)
   jax.tree.map(np.testing.assert_array_equal, fast, reference)
@@ -91,37 +96,45 @@ def test_auto_on_cpu_builds_the_model_from_products_but_its_rgb_layer():
   assert "dot_general[" in program and program.count("conv_general_dilated[") == 1  # Conv1, on 3 channels.
 
 
-@pytest.mark.parametrize("height, width, channels, features, kernel, stride, depthwise, padding", [
-  (9, 8, 5, 7, 1, 1, False, "SAME"),  # A 1x1 expansion or projection.
-  (9, 8, 6, 6, 3, 1, True, "SAME"),  # Depthwise, stride 1.
-  (8, 6, 6, 6, 3, 2, True, correct_pad((8, 6))),  # Depthwise, stride 2, Keras' padding on even sizes: (0, 1).
-  (9, 7, 6, 6, 3, 2, True, correct_pad((9, 7))),  # ... and on odd sizes: (1, 1).
-  (10, 7, 3, 8, 3, 2, False, "SAME"),  # The first conv, on RGB (XLA's own convolution): 3x3 stride 2.
-  (10, 7, 8, 5, 3, 2, False, "SAME"),  # The same as im2col and a product, odd and even sizes.
-  (6, 6, 4, 5, 3, 1, False, "SAME"),  # The 3x3 conv after nearest upsampling.
-])
+@pytest.mark.parametrize(
+  "height, width, channels, features, kernel, stride, depthwise, padding",
+  [
+    (9, 8, 5, 7, 1, 1, False, "SAME"),  # A 1x1 expansion or projection.
+    (9, 8, 6, 6, 3, 1, True, "SAME"),  # Depthwise, stride 1.
+    (8, 6, 6, 6, 3, 2, True, correct_pad((8, 6))),  # Depthwise, stride 2, Keras' padding on even sizes: (0, 1).
+    (9, 7, 6, 6, 3, 2, True, correct_pad((9, 7))),  # ... and on odd sizes: (1, 1).
+    (10, 7, 3, 8, 3, 2, False, "SAME"),  # The first conv, on RGB (XLA's own convolution): 3x3 stride 2.
+    (10, 7, 8, 5, 3, 2, False, "SAME"),  # The same as im2col and a product, odd and even sizes.
+    (6, 6, 4, 5, 3, 1, False, "SAME"),  # The 3x3 conv after nearest upsampling.
+  ],
+)
 def test_conv_matches_lax(height, width, channels, features, kernel, stride, depthwise, padding):
   groups = channels if depthwise else 1
   images = random((2, height, width, channels), seed=0)
   weights = random((kernel, kernel, channels // groups, features), seed=1)
   numbers = lax.conv_dimension_numbers(images.shape, weights.shape, NHWC)
-  conv = lambda impl: lambda x, w: impl(x, w, (stride, stride), padding, dimension_numbers=numbers,
-                                        feature_group_count=groups)
+  conv = lambda impl: (
+    lambda x, w: impl(x, w, (stride, stride), padding, dimension_numbers=numbers, feature_group_count=groups)
+  )
   assert_same_vjp(conv(cpu_ops.conv_general_dilated), conv(lax.conv_general_dilated), images, weights)
 
 
-@pytest.mark.parametrize("height, width, part_channels, features", [
-  (4, 4, (6,), 5),  # One input, even size.
-  (3, 5, (4, 6), 5),  # Upsampled features and a skip (concatenated for the product), odd sizes.
-  (4, 2, (4, 6), 1),  # Few outputs, as the logits layer: one product per part.
-])
+@pytest.mark.parametrize(
+  "height, width, part_channels, features",
+  [
+    (4, 4, (6,), 5),  # One input, even size.
+    (3, 5, (4, 6), 5),  # Upsampled features and a skip (concatenated for the product), odd sizes.
+    (4, 2, (4, 6), 1),  # Few outputs, as the logits layer: one product per part.
+  ],
+)
 def test_transpose_conv_matches_lax(height, width, part_channels, features):
   parts = tuple(random((2, height, width, c), seed=index) for index, c in enumerate(part_channels))
   kernel = random((3, 3, features, sum(part_channels)), seed=7)
 
   def reference(parts, kernel):
-    return lax.conv_transpose(jnp.concatenate(parts, axis=-1), kernel, (2, 2), "SAME", dimension_numbers=NHWC,
-                              transpose_kernel=True)
+    return lax.conv_transpose(
+      jnp.concatenate(parts, axis=-1), kernel, (2, 2), "SAME", dimension_numbers=NHWC, transpose_kernel=True
+    )
 
   assert cpu_ops.conv_transpose_3x3_stride2(parts, kernel).shape == (2, 2 * height, 2 * width, features)
   assert_same_vjp(cpu_ops.conv_transpose_3x3_stride2, reference, parts, kernel)
@@ -136,12 +149,14 @@ def test_encoder_paths_declare_the_same_variables_and_agree():
   apply = jax.jit(lambda model, variables, x: model.apply(variables, x), static_argnums=0)
   assert_close(apply(encoder("cpu"), variables, images), apply(encoder("xla"), variables, images), 1e-5)
 
-  train = jax.jit(lambda model, variables, x: model.apply(variables, x, train=True, mutable=["batch_stats"]),
-                  static_argnums=0)
+  train = jax.jit(
+    lambda model, variables, x: model.apply(variables, x, train=True, mutable=["batch_stats"]), static_argnums=0
+  )
   with jax.enable_x64(True):
     variables64, images64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), (variables, images))
-    (taps, updates), (expected_taps, expected_updates) = [train(encoder(impl, jnp.float64), variables64, images64)
-                                                          for impl in ("cpu", "xla")]
+    (taps, updates), (expected_taps, expected_updates) = [
+      train(encoder(impl, jnp.float64), variables64, images64) for impl in ("cpu", "xla")
+    ]
   assert_close(taps, expected_taps, 1e-10)
   assert_close_to_tree_scale(updates, expected_updates, 1e-10)
 
@@ -171,12 +186,16 @@ def test_unet_paths_give_the_same_gradients():
       logits, updates = model.apply({**variables, "params": params}, images, train=True, mutable=["batch_stats"])
       log_probs = jax.nn.log_softmax(logits)
       return -jnp.take_along_axis(log_probs, labels[..., None], axis=-1).mean(), updates
+
     return jax.value_and_grad(loss, has_aux=True)(variables["params"])
 
   with jax.enable_x64(True):
-    variables, images = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), (shared_variables([unet("cpu")], IMAGES), IMAGES))
-    (cpu_aux, cpu_grads), (xla_aux, xla_grads) = [loss_and_grads(unet(impl, dtype=jnp.float64), variables, images)
-                                                  for impl in ("cpu", "xla")]
+    variables, images = jax.tree.map(
+      lambda x: jnp.asarray(x, jnp.float64), (shared_variables([unet("cpu")], IMAGES), IMAGES)
+    )
+    (cpu_aux, cpu_grads), (xla_aux, xla_grads) = [
+      loss_and_grads(unet(impl, dtype=jnp.float64), variables, images) for impl in ("cpu", "xla")
+    ]
   assert cpu_grads["up_0"]["conv"]["kernel"].dtype == jnp.float64
   assert_close(cpu_aux[0], xla_aux[0], 1e-10)  # The loss.
   assert_close_to_tree_scale(cpu_aux[1], xla_aux[1], 1e-10)  # The updated BatchNorm statistics.

@@ -6,9 +6,10 @@ import logging
 import pathlib
 import re
 
+import ml_collections
 import numpy as np
-from PIL import Image
 import pytest
+from PIL import Image
 
 from unet_jax import data, default_config, errors, image_io
 from unet_jax.data import folder
@@ -61,7 +62,7 @@ def root(tmp_path) -> pathlib.Path:
   return tmp_path
 
 
-def folder_config(root: pathlib.Path | str, **folder_fields) -> "ml_collections.ConfigDict":
+def folder_config(root: pathlib.Path | str, **folder_fields) -> ml_collections.ConfigDict:
   config = default_config.get_config().data
   config.name = "folder"
   config.image_size = 24
@@ -135,8 +136,7 @@ def test_process_shards_cover_the_split_once(root):
   config = folder_config(root)
   seen, counts = [], set()
   for process in range(3):
-    batches = list(data.eval_batches(config, global_batch_size=6, split="all", process_index=process,
-                                     process_count=3))
+    batches = list(data.eval_batches(config, global_batch_size=6, split="all", process_index=process, process_count=3))
     counts.add(len(batches))
     seen += [image.tobytes() for batch in batches for image in batch["image"][batch["weight"] == 1]]
   everything = [image.tobytes() for image in eval_all(config)[0]]
@@ -144,8 +144,15 @@ def test_process_shards_cover_the_split_once(root):
   assert counts == {2} and sorted(seen) == sorted(everything)
 
 
-@pytest.mark.parametrize("text,expected", [("1:0,2:1,3:2", {1: 0, 2: 1, 3: 2}), ("{0: 0, 255: 1}", {0: 0, 255: 1}),
-                                           ("", {}), (" 0:1 , 255:0 ", {0: 1, 255: 0})])
+@pytest.mark.parametrize(
+  "text,expected",
+  [
+    ("1:0,2:1,3:2", {1: 0, 2: 1, 3: 2}),
+    ("{0: 0, 255: 1}", {0: 0, 255: 1}),
+    ("", {}),
+    (" 0:1 , 255:0 ", {0: 1, 255: 0}),
+  ],
+)
 def test_parse_value_map(text, expected):
   assert folder.parse_value_map(text) == expected
 
@@ -159,19 +166,19 @@ def test_parse_value_map_rejects_bad_maps(text):
 def bad_file_cases(root: pathlib.Path) -> dict[str, str]:
   """Each case breaks one pair in its own copy of the folder; returns the expected error pattern."""
   return {
-      "unreadable": r"cannot read image .*s00\.png",
-      "size": r"image .*s05\.png is 36x24 but its mask .*s05\.png is 30x24",
-      "values": r"mask .*s02\.png has values \[99\] outside mask_value_map",
-      "missing_mask": r"image .*s03\.png has no mask named s03\.\*",
-      "colour_mask": r"mask .*s04\.png is a colour image",
-      "truncated_image": r"cannot read image .*s01\.jpg: .*truncated",
-      "truncated_mask": r"cannot read mask .*s06\.png: .*truncated",
+    "unreadable": r"cannot read image .*s00\.png",
+    "size": r"image .*s05\.png is 36x24 but its mask .*s05\.png is 30x24",
+    "values": r"mask .*s02\.png has values \[99\] outside mask_value_map",
+    "missing_mask": r"image .*s03\.png has no mask named s03\.\*",
+    "colour_mask": r"mask .*s04\.png is a colour image",
+    "truncated_image": r"cannot read image .*s01\.jpg: .*truncated",
+    "truncated_mask": r"cannot read mask .*s06\.png: .*truncated",
   }
 
 
 def truncate(path: pathlib.Path) -> None:
   """Keeps the first half of the file: the header still opens (checked here), the pixel data ends early."""
-  path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+  path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
   with Image.open(path) as image:
     assert image.size == (W, H)
 
@@ -234,8 +241,9 @@ def test_folder_decodes_images_as_predict_does(root):
   exif = Image.Exif()
   exif[0x0112] = 6  # Orientation: stored turned 90 degrees anticlockwise, shown turned back clockwise.
   for stem in ("s01", "s03"):  # s01's mask is stored upright; s03's is stored turned, with the same EXIF tag.
-    Image.fromarray(np.ascontiguousarray(np.rot90(COLOURS[classes]))).save(root / "images" / f"{stem}.jpg",
-                                                                            quality=95, exif=exif)
+    Image.fromarray(np.ascontiguousarray(np.rot90(COLOURS[classes]))).save(
+      root / "images" / f"{stem}.jpg", quality=95, exif=exif
+    )
   (root / "images" / "s03.png").unlink()
   Image.fromarray(np.ascontiguousarray(np.rot90(RAW[classes]))).save(root / "masks" / "s03.png", exif=exif)
   table = folder._lookup_table(folder.parse_value_map(VALUE_MAP))
@@ -338,8 +346,9 @@ def test_quality_configs_train_and_evaluate_on_the_protocol_splits(shared_dir, n
   assert (data.num_examples(test.data, "train"), data.num_examples(test.data, "test")) == (300, 298)
   assert (data.num_examples(val.data, "train"), data.num_examples(val.data, "test")) == (240, 60)
   trainval = _list_names(pathlib.Path(test.data.folder.root) / test.data.folder.train_list)
-  val_train, val_held_out = (_list_names(pathlib.Path(path)) for path in (val.data.folder.train_list,
-                                                                           val.data.folder.test_list))
+  val_train, val_held_out = (
+    _list_names(pathlib.Path(path)) for path in (val.data.folder.train_list, val.data.folder.test_list)
+  )
   assert val_train | val_held_out <= trainval and not val_train & val_held_out
   assert {name.rsplit("_", 1)[0] for name in val_held_out} == {name.rsplit("_", 1)[0] for name in trainval}
   assert val.eval_every_steps < val.num_train_steps == test.num_train_steps  # Validation curves; test read once.

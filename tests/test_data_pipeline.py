@@ -100,7 +100,7 @@ def test_kept_remainder_ends_every_epoch_with_the_partial_batch_padded(tiny_conf
   batches = take(config, 2 * steps_per_epoch, seed=0)
   epochs = []
   for epoch in range(2):
-    epoch_batches = batches[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch]
+    epoch_batches = batches[epoch * steps_per_epoch : (epoch + 1) * steps_per_epoch]
     weights = np.stack([batch["weight"] for batch in epoch_batches])
     assert weights[:-1].all() and weights[-1].tolist() == [1] * 4 + [0] * 4
     last = epoch_batches[-1]
@@ -132,8 +132,10 @@ def test_each_epoch_sees_distinct_examples_in_a_new_order(tiny_config):
   config.augment.flip = False
   steps_per_epoch = data.num_examples(config, "train") // BATCH
   batches = take(config, 2 * steps_per_epoch, seed=0)
-  epochs = [sum((fingerprints(b["image"]) for b in batches[e * steps_per_epoch:(e + 1) * steps_per_epoch]), [])
-            for e in range(2)]
+  epochs = [
+    sum((fingerprints(b["image"]) for b in batches[e * steps_per_epoch : (e + 1) * steps_per_epoch]), [])
+    for e in range(2)
+  ]
   assert len(set(epochs[0])) == len(epochs[0]) == steps_per_epoch * BATCH
   assert set(epochs[0]) == set(epochs[1]) and epochs[0] != epochs[1]
 
@@ -158,8 +160,9 @@ def test_eval_covers_every_example_exactly_once(tiny_config, process_count):
   assert len(set(everything)) == data.num_examples(tiny_config, "test") == 24
   seen, batch_counts = [], set()
   for process in range(process_count):
-    batches = list(data.eval_batches(tiny_config, global_batch_size=3 * 5, process_index=process,
-                                     process_count=process_count))
+    batches = list(
+      data.eval_batches(tiny_config, global_batch_size=3 * 5, process_index=process, process_count=process_count)
+    )
     batch_counts.add(len(batches))
     for batch in batches:
       assert batch["weight"].dtype == np.float32 and batch["image"].shape[0] == 15 // process_count
@@ -203,7 +206,9 @@ def test_optional_augmentations_keep_shapes_and_ranges(tiny_config):
 
 
 def test_public_preprocessing_is_what_the_eval_stream_does(tiny_config):
-  raw = next(iter(tfds.as_numpy(tfds.builder(tiny_config.name, data_dir=tiny_config.data_dir).as_dataset(split="test"))))
+  raw = next(
+    iter(tfds.as_numpy(tfds.builder(tiny_config.name, data_dir=tiny_config.data_dir).as_dataset(split="test")))
+  )
   expected = next(data.eval_batches(tiny_config, global_batch_size=BATCH))["image"][0]
   resized = tf.function(data.resize_image)(raw["image"], 32)  # Works in graphs (the exported model) ...
   np.testing.assert_allclose(data.resize_image(raw["image"], 32), resized)  # ... and eagerly.
@@ -217,7 +222,9 @@ def test_global_batch_size_checks():
   devices = jax.device_count()
   data.check_global_batch_size(8 * devices)
   for bad in (0, -4) + ((devices + 1,) if devices > 1 else ()):
-    with pytest.raises(ValueError, match=rf"batch_size={bad} .* multiple of the {devices} devices.*--config.batch_size="):
+    with pytest.raises(
+      ValueError, match=rf"batch_size={bad} .* multiple of the {devices} devices.*--config.batch_size="
+    ):
       data.check_global_batch_size(bad)
 
 
@@ -243,6 +250,7 @@ def test_clear_errors_before_any_work(tiny_config):
 def test_missing_oxford_iiit_pet_says_how_to_prepare_it(tmp_path, monkeypatch):
   def refuse(*args, **kwargs):
     raise AssertionError("the data pipeline must not touch the network")
+
   monkeypatch.setattr(socket.socket, "connect", refuse)
   config = default_config.get_config().data
   config.data_dir = str(tmp_path)
@@ -261,7 +269,7 @@ def fake_pet(index: int) -> dict[str, np.ndarray]:
   """Image of one grey level (the index) and a trimap: pet on the left, a border column, background on the right."""
   h, w = 20 + index % 7, 24 + index % 5
   trimap = np.full((h, w, 1), 2, np.uint8)
-  trimap[:, :w // 2] = 1
+  trimap[:, : w // 2] = 1
   trimap[:, w // 2] = 3
   return {"image": np.full((h, w, 3), index, np.uint8), "segmentation_mask": trimap}
 
@@ -271,24 +279,36 @@ def fake_as_dataset(builder, split, decoders=None, read_config=None, shuffle_fil
   instruction = builder.info.splits[split].file_instructions[0]  # One file per split: skip = first index.
   indices = range(instruction.skip, instruction.skip + instruction.take)
   return tf.data.Dataset.from_generator(
-      lambda: (fake_pet(i) for i in indices),
-      output_signature={"image": tf.TensorSpec([None, None, 3], tf.uint8),
-                        "segmentation_mask": tf.TensorSpec([None, None, 1], tf.uint8)})
+    lambda: (fake_pet(i) for i in indices),
+    output_signature={
+      "image": tf.TensorSpec([None, None, 3], tf.uint8),
+      "segmentation_mask": tf.TensorSpec([None, None, 1], tf.uint8),
+    },
+  )
 
 
 @pytest.fixture
 def mocked_pets(tmp_path):
   """Real oxford_iiit_pet metadata with small split sizes, so that the builder counts as prepared."""
   builder = tfds.builder("oxford_iiit_pet", data_dir=tmp_path)
-  template = tfds.core.ShardedFileTemplate(data_dir=builder.data_path, dataset_name=builder.name,
-                                           filetype_suffix="tfrecord", split="train")
-  builder.info.set_splits(tfds.core.SplitDict([
-      tfds.core.SplitInfo(name=name, shard_lengths=[size], num_bytes=0, filename_template=template.replace(split=name))
-      for name, size in SPLIT_SIZES.items()]))
+  template = tfds.core.ShardedFileTemplate(
+    data_dir=builder.data_path, dataset_name=builder.name, filetype_suffix="tfrecord", split="train"
+  )
+  builder.info.set_splits(
+    tfds.core.SplitDict(
+      [
+        tfds.core.SplitInfo(
+          name=name, shard_lengths=[size], num_bytes=0, filename_template=template.replace(split=name)
+        )
+        for name, size in SPLIT_SIZES.items()
+      ]
+    )
+  )
   builder.data_path.mkdir(parents=True)
   builder.info.write_to_directory(builder.data_path)
-  with tfds.testing.mock_data(as_dataset_fn=fake_as_dataset, data_dir=str(tmp_path),
-                              policy=tfds.testing.MockPolicy.USE_FILES):
+  with tfds.testing.mock_data(
+    as_dataset_fn=fake_as_dataset, data_dir=str(tmp_path), policy=tfds.testing.MockPolicy.USE_FILES
+  ):
     config = default_config.get_config().data
     config.image_size = 16
     yield config
@@ -298,8 +318,9 @@ def test_oxford_iiit_pet_follows_the_tutorial(mocked_pets):
   assert data.num_examples(mocked_pets, "train") == 12
   batch = next(data.eval_batches(mocked_pets, global_batch_size=4, split="train"))
   levels = np.arange(4)
-  np.testing.assert_allclose(batch["image"], np.broadcast_to(levels[:, None, None, None] / 127.5 - 1, (4, 16, 16, 3)),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    batch["image"], np.broadcast_to(levels[:, None, None, None] / 127.5 - 1, (4, 16, 16, 3)), atol=1e-6
+  )
   # Trimap {1, 2, 3} - 1: pet 0 on the left, background 1 on the right, the border column 2 between (nearest).
   assert np.all(batch["mask"][:, :, :7] == 0) and np.all(batch["mask"][:, :, 9:] == 1)
   assert set(np.unique(batch["mask"])) == {0, 1, 2}

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-
 from train_testlib import REPO_ROOT, trainer_env
+
 from unet_jax import data, default_config
 from unet_jax.data import synthetic_pets
 
@@ -21,6 +21,7 @@ FEATURES = ("image", "segmentation_mask", "label", "file_name")
 def no_network(monkeypatch):
   def refuse(*args, **kwargs):
     raise OSError("the network is off in this test")
+
   monkeypatch.setattr(socket.socket, "connect", refuse)
   monkeypatch.setattr(socket, "create_connection", refuse)
 
@@ -61,9 +62,17 @@ print(data.num_examples(config, "train"))
 
 def test_processes_that_build_it_at_once_all_get_it(tmp_path):
   """pytest workers and the hosts of a run may all use it first at once: the last to finish must not fail."""
-  processes = [subprocess.Popen([sys.executable, "-c", _PREPARE_AT_ONCE, str(tmp_path / "tfds"), str(tmp_path)],
-                                env=trainer_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True) for _ in range(3)]
+  processes = [
+    subprocess.Popen(
+      [sys.executable, "-c", _PREPARE_AT_ONCE, str(tmp_path / "tfds"), str(tmp_path)],
+      env=trainer_env(),
+      cwd=REPO_ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for _ in range(3)
+  ]
   deadline = time.monotonic() + 300
   while len(list(tmp_path.glob("ready.*"))) < 3 and time.monotonic() < deadline:
     assert all(process.poll() is None for process in processes), "a process died while importing"
@@ -87,6 +96,7 @@ def test_losing_the_race_with_directory_not_empty_uses_the_winners_copy(tmp_path
 
   def lose(self, **kwargs):
     raise OSError(errno.ENOTEMPTY, "Directory not empty", str(tmp_path))
+
   monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", lose)
   assert data.num_examples(config, "test") == 24
 

@@ -10,10 +10,10 @@ import sys
 import jax
 import numpy as np
 import pytest
-
 from inference_testlib import trained  # noqa: F401  (a fixture)
 from train_testlib import REPO_ROOT, synthetic_data_dir, trainer_env  # noqa: F401  (a fixture)
-from unet_jax import checkpointing, data, evaluate, metrics, predict
+
+from unet_jax import checkpointing, data, evaluate, metrics
 from unet_jax.models import unet
 
 METRICS = ("loss", "pixel_accuracy", "mean_iou", "iou_per_class", "dice_per_class", "confusion_matrix")
@@ -21,8 +21,7 @@ METRICS = ("loss", "pixel_accuracy", "mean_iou", "iou_per_class", "dice_per_clas
 
 def assert_same_metrics(got: dict, want: dict) -> None:
   for name in METRICS:
-    np.testing.assert_allclose(np.asarray(got[name], float), np.asarray(want[name], float), rtol=1e-6,
-                               err_msg=name)
+    np.testing.assert_allclose(np.asarray(got[name], float), np.asarray(want[name], float), rtol=1e-6, err_msg=name)
 
 
 def test_metrics_equal_the_trainers_eval_of_that_checkpoint(trained):  # noqa: F811
@@ -42,14 +41,13 @@ def test_best_is_the_checkpoint_with_the_highest_mean_iou(trained):  # noqa: F81
   assert_same_metrics(got, trained.eval_metrics[best])
 
 
-def test_latest_passes_over_an_unreadable_newest_checkpoint_and_a_named_one_is_an_error(trained, tmp_path,
-                                                                                      caplog):  # noqa: F811
+def test_latest_passes_over_an_unreadable_newest_checkpoint_and_a_named_one_is_an_error(trained, tmp_path, caplog):  # noqa: F811
   workdir = tmp_path / "run"
   shutil.copytree(trained.workdir, workdir)
   newest, before = sorted(trained.eval_metrics)[-1], sorted(trained.eval_metrics)[-2]
   for path in (workdir / "checkpoints" / str(newest)).rglob("*"):
     if path.is_file() and "ocdbt" in str(path):
-      path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+      path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
   with caplog.at_level("WARNING"):
     got = evaluate.evaluate_checkpoint(str(workdir), checkpoint="latest")
   assert got["step"] == before and f"step {newest}" in caplog.text and "cannot be read" in caplog.text
@@ -67,7 +65,7 @@ def test_data_overrides_pick_another_split(trained):  # noqa: F811
 
 def _pixels(config, split: str) -> int:
   """Every pixel of every example of the split, once: what a confusion matrix without the padding counts."""
-  return data.num_examples(config.data, split) * config.data.image_size ** 2
+  return data.num_examples(config.data, split) * config.data.image_size**2
 
 
 def test_test_time_augmented_evaluations_count_the_same_pixels_differently(trained):  # noqa: F811
@@ -85,7 +83,7 @@ def test_eval_mask_size_scores_resized_logits_on_smaller_masks(trained):  # noqa
   plain = evaluate.evaluate_checkpoint(str(trained.workdir))
   small = evaluate.evaluate_checkpoint(str(trained.workdir), overrides={"data.eval_mask_size": size})
   split = trained.config.data.eval_split
-  assert np.asarray(small["confusion_matrix"]).sum() == data.num_examples(trained.config.data, split) * size ** 2
+  assert np.asarray(small["confusion_matrix"]).sum() == data.num_examples(trained.config.data, split) * size**2
   assert small["confusion_matrix"] != plain["confusion_matrix"]
   # By hand: the full-size logits of every real example, resized to the masks, against the half-size masks.
   run = checkpointing.load_run(str(trained.workdir))
@@ -117,16 +115,29 @@ def test_evaluations_with_other_overrides_are_written_to_other_files(tmp_path):
   assert paths[0].name == "step_000400_test.json" and len(set(paths)) == 3
   assert [json.loads(path.read_text())["mean_iou"] for path in paths] == [0.5, 0.6, 0.7]
   assert json.loads(paths[2].read_text())["overrides"] == {"eval_flip_average": True, "eval_scales": [0.75, 1.0]}
-  again = evaluate.write_json(str(tmp_path), {**scales, "overrides": {"eval_scales": (0.75, 1.0),
-                                                                         "eval_flip_average": True}})
+  again = evaluate.write_json(
+    str(tmp_path), {**scales, "overrides": {"eval_scales": (0.75, 1.0), "eval_flip_average": True}}
+  )
   assert again == paths[2]  # The same overrides in another order: the same file.
 
 
 def test_cli_prints_the_table_and_writes_json(trained):  # noqa: F811
   step = min(trained.eval_metrics)
-  result = subprocess.run([sys.executable, "-m", "unet_jax.evaluate", f"--workdir={trained.workdir}",
-                           f"--checkpoint={step}", "--config.data.eval_split=test[:12]"], env=trainer_env(),
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "unet_jax.evaluate",
+      f"--workdir={trained.workdir}",
+      f"--checkpoint={step}",
+      "--config.data.eval_split=test[:12]",
+    ],
+    env=trainer_env(),
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"Step {step}, split 'test[:12]'" in result.stdout and "Confusion matrix" in result.stdout
   assert "data.eval_split=test[:12]" in result.stdout

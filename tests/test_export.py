@@ -1,12 +1,11 @@
 """The jax2tf SavedModel: it gives the JAX predictor's masks for uint8 images of any size."""
 
-
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from inference_testlib import trained  # noqa: F401  (a fixture)
 from train_testlib import synthetic_data_dir  # noqa: F401  (a fixture)
+
 from unet_jax import export, predict
 
 

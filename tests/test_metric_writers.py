@@ -6,7 +6,6 @@ from unet_jax import metric_writers
 
 
 class FakeClock:
-
   def __init__(self):
     self.now = 0.0
 

@@ -24,15 +24,16 @@ def test_confusion_matrix_matches_numpy_and_ignores_padding():
   got = np.asarray(metrics.confusion_matrix(labels, predictions, 3, weights))
   np.testing.assert_array_equal(got, _numpy_confusion(labels, predictions, 3, weights))
   assert got.sum() == 3 * 8 * 8
-  np.testing.assert_array_equal(np.asarray(metrics.confusion_matrix(labels, predictions, 3)),
-                                _numpy_confusion(labels, predictions, 3, np.ones(5)))
+  np.testing.assert_array_equal(
+    np.asarray(metrics.confusion_matrix(labels, predictions, 3)), _numpy_confusion(labels, predictions, 3, np.ones(5))
+  )
 
 
 def test_metrics_of_a_known_confusion_matrix():
   # Rows true, columns predicted.
-  confusion = np.array([[50, 10, 0],
-                        [5, 35, 0],
-                        [0, 0, 0]])  # Class 2 neither occurs nor is predicted: undefined, left out of the mean.
+  confusion = np.array(
+    [[50, 10, 0], [5, 35, 0], [0, 0, 0]]
+  )  # Class 2 neither occurs nor is predicted: undefined, left out of the mean.
   got = metrics.segmentation_metrics(confusion)
   iou_0 = 50 / (60 + 55 - 50)
   iou_1 = 35 / (40 + 45 - 35)

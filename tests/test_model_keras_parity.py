@@ -27,8 +27,12 @@ def randomize(model, seed: int) -> None:
     weights = layer.get_weights()
     if type(layer).__name__ == "BatchNormalization":
       shape = weights[0].shape
-      weights = [rng.uniform(0.5, 1.5, shape), rng.normal(0, 0.2, shape), rng.normal(0, 0.2, shape),
-                 rng.uniform(0.5, 1.5, shape)]
+      weights = [
+        rng.uniform(0.5, 1.5, shape),
+        rng.normal(0, 0.2, shape),
+        rng.normal(0, 0.2, shape),
+        rng.uniform(0.5, 1.5, shape),
+      ]
     else:  # Kernels keep Keras' init scale; zero-initialised biases get some.
       weights = [rng.normal(0, w.std() or 0.1, w.shape) for w in weights]
     layer.set_weights(weights)
@@ -56,17 +60,19 @@ def apply_eval(model, variables, images):
   return model.apply(variables, images)
 
 
-@pytest.mark.parametrize("alpha, height, width", [
-  (0.35, 96, 96),
-  (0.5, 117, 88),  # Non-square with odd sizes along the way (stride-2 padding (1, 1) rather than (0, 1)).
-  (0.75, 64, 96),
-  (1.0, 128, 128),
-  (1.3, 96, 96),
-  (1.4, 224, 224),
-])
+@pytest.mark.parametrize(
+  "alpha, height, width",
+  [
+    (0.35, 96, 96),
+    (0.5, 117, 88),  # Non-square with odd sizes along the way (stride-2 padding (1, 1) rather than (0, 1)).
+    (0.75, 64, 96),
+    (1.0, 128, 128),
+    (1.3, 96, 96),
+    (1.4, 224, 224),
+  ],
+)
 def test_encoder_taps_match_keras_through_h5(tmp_path, alpha, height, width):
-  base = tf_keras.applications.MobileNetV2(
-    input_shape=(height, width, 3), alpha=alpha, include_top=False, weights=None)
+  base = tf_keras.applications.MobileNetV2(input_shape=(height, width, 3), alpha=alpha, include_top=False, weights=None)
   randomize(base, seed=int(alpha * 100) + height)
   path = tmp_path / "mobilenet_v2.h5"
   base.save_weights(path)  # The legacy HDF5 layout of Keras' official files.
@@ -87,8 +93,15 @@ class TransposeUpsample(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    return upsample_conv(x, self.features, mode="transpose", use_bias=True, kernel_init=nn.initializers.zeros,
-                         dtype=jnp.float32, name="last")
+    return upsample_conv(
+      x,
+      self.features,
+      mode="transpose",
+      use_bias=True,
+      kernel_init=nn.initializers.zeros,
+      dtype=jnp.float32,
+      name="last",
+    )
 
 
 @pytest.mark.parametrize("height, width", [(4, 6), (5, 3)])
@@ -107,8 +120,15 @@ def test_transpose_conv_matches_keras_conv2d_transpose(height, width):
   assert_close(actual, layer(x).numpy(), rtol=1e-5)
 
 
-def keras_tutorial_unet(keras, alpha: float, height: int, width: int, num_classes: int = 3,
-                        decoder_filters=(512, 256, 128, 64), dropout_blocks=()):
+def keras_tutorial_unet(
+  keras,
+  alpha: float,
+  height: int,
+  width: int,
+  num_classes: int = 3,
+  decoder_filters=(512, 256, 128, 64),
+  dropout_blocks=(),
+):
   """The TF segmentation tutorial's `unet_model`, with `pix2pix.upsample` written out (same layers, same order).
 
   `keras` is tf_keras (Keras 2) or Keras 3; returns the model, its down stack and the MobileNetV2 it comes from.
@@ -120,8 +140,16 @@ def keras_tutorial_unet(keras, alpha: float, height: int, width: int, num_classe
 
   def upsample(filters, size, apply_dropout=False):
     result = keras.Sequential()
-    result.add(layers.Conv2DTranspose(filters, size, strides=2, padding="same", use_bias=False,
-                                      kernel_initializer=keras.initializers.RandomNormal(0.0, 0.02)))
+    result.add(
+      layers.Conv2DTranspose(
+        filters,
+        size,
+        strides=2,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=keras.initializers.RandomNormal(0.0, 0.02),
+      )
+    )
     result.add(layers.BatchNormalization())
     if apply_dropout:
       result.add(layers.Dropout(0.5))
@@ -186,5 +214,6 @@ def test_keras3_tutorial_model_and_weights_file_convert(tmp_path):
   # Keras 3's own weight layout (groups named by class and position, not by layer): same encoder variables.
   base.save_weights(tmp_path / "mobilenet_v2.weights.h5")
   from_file = pretrained.mobilenet_v2_variables_from_h5(tmp_path / "mobilenet_v2.weights.h5", alpha=0.35)
-  jax.tree.map(np.testing.assert_array_equal, from_file,
-               {collection: tree["encoder"] for collection, tree in variables.items()})
+  jax.tree.map(
+    np.testing.assert_array_equal, from_file, {collection: tree["encoder"] for collection, tree in variables.items()}
+  )

@@ -53,8 +53,13 @@ def test_encoder_taps_have_the_tutorial_shapes():
   model = MobileNetV2()
   variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 128, 128, 3)))
   taps = jax.eval_shape(model.apply, variables, jnp.zeros((1, 128, 128, 3)))
-  assert [t.shape for t in taps] == [(1, 64, 64, 96), (1, 32, 32, 144), (1, 16, 16, 192), (1, 8, 8, 576),
-                                     (1, 4, 4, 320)]
+  assert [t.shape for t in taps] == [
+    (1, 64, 64, 96),
+    (1, 32, 32, 144),
+    (1, 16, 16, 192),
+    (1, 8, 8, 576),
+    (1, 4, 4, 320),
+  ]
   assert "block_16_project_BN" not in variables["params"]  # Not part of the tutorial's down stack.
 
 
@@ -115,10 +120,13 @@ def test_sizes_not_multiple_of_32_are_rejected_clearly(height, width):
     UNet(alpha=0.35).init(jax.random.key(0), jnp.zeros((1, height, width, 3)))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-  ({"upsample": "bilinear"}, "upsample='bilinear'"),
-  ({"decoder_filters": (64, 32)}, r"decoder_filters=\(64, 32\)\) needs 4 entries"),
-])
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
+    ({"upsample": "bilinear"}, "upsample='bilinear'"),
+    ({"decoder_filters": (64, 32)}, r"decoder_filters=\(64, 32\)\) needs 4 entries"),
+  ],
+)
 def test_bad_configuration_is_rejected_clearly(kwargs, message):
   with pytest.raises(ValueError, match=message):
     UNet(alpha=0.35, **kwargs).init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
@@ -128,10 +136,14 @@ def test_bad_configuration_is_rejected_clearly(kwargs, message):
 def test_frozen_encoder_keeps_its_batch_norm_statistics(small_unet_variables, freeze_encoder):
   model = UNet(alpha=0.35, dropout_rate=0.5, freeze_encoder=freeze_encoder)  # Shares compiles with the dropout test.
   _, updates = train_forward(model, small_unet_variables, images(), jax.random.key(1))
-  encoder_changed = jax.tree.map(lambda new, old: bool(jnp.any(new != old)),
-                                 updates["batch_stats"]["encoder"], small_unet_variables["batch_stats"]["encoder"])
-  decoder_changed = jnp.any(updates["batch_stats"]["up_0"]["bn"]["mean"]
-                            != small_unet_variables["batch_stats"]["up_0"]["bn"]["mean"])
+  encoder_changed = jax.tree.map(
+    lambda new, old: bool(jnp.any(new != old)),
+    updates["batch_stats"]["encoder"],
+    small_unet_variables["batch_stats"]["encoder"],
+  )
+  decoder_changed = jnp.any(
+    updates["batch_stats"]["up_0"]["bn"]["mean"] != small_unet_variables["batch_stats"]["up_0"]["bn"]["mean"]
+  )
   assert bool(decoder_changed)
   if freeze_encoder:
     assert not any(jax.tree.leaves(encoder_changed))
@@ -152,8 +164,9 @@ def test_bfloat16_computes_in_bf16_with_float32_parameters_and_logits(small_unet
   model = UNet(alpha=0.35, dtype=jnp.bfloat16)
   variables = jax.eval_shape(model.init, jax.random.key(0), images())
   assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
-  taps = jax.eval_shape(MobileNetV2(0.35, jnp.bfloat16).apply, {k: v["encoder"] for k, v in variables.items()},
-                        images())
+  taps = jax.eval_shape(
+    MobileNetV2(0.35, jnp.bfloat16).apply, {k: v["encoder"] for k, v in variables.items()}, images()
+  )
   assert {t.dtype for t in taps} == {jnp.dtype(jnp.bfloat16)}
 
   logits = evaluate(model, small_unet_variables, images())

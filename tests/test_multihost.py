@@ -16,16 +16,21 @@ import jax
 import numpy as np
 import pytest
 import tensorflow as tf
-
 import train_testlib
 from train_testlib import synthetic_data_dir  # noqa: F401  (a fixture)
+
 from unet_jax import checkpointing, data, launch_local, metric_writers, trainer
 
 NUM_PROCESSES, LOCAL_DEVICES = 2, 2
 # A step of the tiny model is what costs; one eval (on one batch) and one checkpoint, both at the last step. The
 # 27 train examples are process shards of 14 and 13: step 4 ends the epoch with 2 and 1 padding rows per process.
-OVERRIDES = {"num_train_steps": 4, "eval_every_steps": 4, "checkpoint_every_steps": 4, "data.eval_split": "test[:8]",
-             "data.train_split": "train[:27]"}
+OVERRIDES = {
+  "num_train_steps": 4,
+  "eval_every_steps": 4,
+  "checkpoint_every_steps": 4,
+  "data.eval_split": "test[:8]",
+  "data.train_split": "train[:27]",
+}
 # Generous for 2 busy shared cores (a healthy run takes about a minute), finite so that a hang fails the test.
 TIMEOUT_S = 480
 
@@ -42,13 +47,22 @@ def runs(tmp_path_factory, synthetic_data_dir):  # noqa: F811
   root = tmp_path_factory.mktemp("multihost")
   workdir, reference_workdir, reference_log = root / "two_processes", root / "reference", root / "reference.log"
   with reference_log.open("w") as log:
-    reference = subprocess.Popen([sys.executable, __file__, str(reference_workdir), str(synthetic_data_dir)],
-                                 env=train_testlib.trainer_env(NUM_PROCESSES * LOCAL_DEVICES),
-                                 cwd=train_testlib.REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    reference = subprocess.Popen(
+      [sys.executable, __file__, str(reference_workdir), str(synthetic_data_dir)],
+      env=train_testlib.trainer_env(NUM_PROCESSES * LOCAL_DEVICES),
+      cwd=train_testlib.REPO_ROOT,
+      stdout=log,
+      stderr=subprocess.STDOUT,
+    )
     try:
-      results = launch_local.launch(train_testlib.trainer_command(workdir, synthetic_data_dir, OVERRIDES),
-                                    num_processes=NUM_PROCESSES, local_devices=LOCAL_DEVICES, timeout_s=TIMEOUT_S,
-                                    echo=False, env=train_testlib.trainer_env(LOCAL_DEVICES))
+      results = launch_local.launch(
+        train_testlib.trainer_command(workdir, synthetic_data_dir, OVERRIDES),
+        num_processes=NUM_PROCESSES,
+        local_devices=LOCAL_DEVICES,
+        timeout_s=TIMEOUT_S,
+        echo=False,
+        env=train_testlib.trainer_env(LOCAL_DEVICES),
+      )
       reference.wait(timeout=TIMEOUT_S)
     finally:
       reference.kill()
@@ -86,17 +100,36 @@ def test_their_checkpoint_restores_in_one_process(runs):
   run, reference = checkpointing.load_run(str(workdir)), checkpointing.load_run(str(reference_workdir))
   assert jax.process_count() == 1 and run.step == reference.step == OVERRIDES["num_train_steps"]
   for collection in ("params", "batch_stats"):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
-                 jax.device_get(getattr(run.state, collection)), jax.device_get(getattr(reference.state, collection)))
+    jax.tree.map(
+      lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
+      jax.device_get(getattr(run.state, collection)),
+      jax.device_get(getattr(reference.state, collection)),
+    )
 
 
 def test_multi_process_flags_reach_distributed_initialize(tmp_path):
   """--num_processes/--process_id without a coordinator: a usage error naming what is missing, before any training."""
-  env = {name: value for name, value in train_testlib.trainer_env().items()
-         if name not in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")}
-  result = subprocess.run([sys.executable, "-m", "unet_jax.train", f"--config={train_testlib.SYNTHETIC_CONFIG}",
-                           f"--workdir={tmp_path / 'run'}", "--num_processes=2", "--process_id=0"],
-                          env=env, cwd=train_testlib.REPO_ROOT, capture_output=True, text=True, timeout=120)
+  env = {
+    name: value
+    for name, value in train_testlib.trainer_env().items()
+    if name not in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+  }
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "unet_jax.train",
+      f"--config={train_testlib.SYNTHETIC_CONFIG}",
+      f"--workdir={tmp_path / 'run'}",
+      "--num_processes=2",
+      "--process_id=0",
+    ],
+    env=env,
+    cwd=train_testlib.REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 1, result.stderr[-3000:]
   assert "missing: coordinator_address (JAX_COORDINATOR_ADDRESS)" in result.stderr
   assert "num_processes=2, process_id=0" in result.stderr and "Traceback" not in result.stderr
@@ -108,17 +141,21 @@ def _train_reference(workdir: str, data_dir: str) -> None:
 
   def train_as_two_processes(stream):
     def global_batches(*args, **kwargs):
-      per_process = [stream(*args, **kwargs, process_index=i, process_count=NUM_PROCESSES)
-                     for i in range(NUM_PROCESSES)]
+      per_process = [
+        stream(*args, **kwargs, process_index=i, process_count=NUM_PROCESSES) for i in range(NUM_PROCESSES)
+      ]
       for parts in zip(*per_process):
         yield jax.tree.map(lambda *rows: np.concatenate(rows), *parts)
+
     return global_batches
 
   def eval_as_two_processes(dataset):
     def global_dataset(*args, **kwargs):
-      parts = tuple(dataset(*args, **kwargs, process_index=i, process_count=NUM_PROCESSES)
-                    for i in range(NUM_PROCESSES))
+      parts = tuple(
+        dataset(*args, **kwargs, process_index=i, process_count=NUM_PROCESSES) for i in range(NUM_PROCESSES)
+      )
       return tf.data.Dataset.zip(parts).map(lambda *rows: tf.nest.map_structure(lambda *r: tf.concat(r, 0), *rows))
+
     return global_dataset
 
   data.train_batches = train_as_two_processes(data.train_batches)

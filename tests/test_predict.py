@@ -13,10 +13,10 @@ import warnings
 import jax
 import numpy as np
 import pytest
-from PIL import Image, JpegImagePlugin
-
 from inference_testlib import trained  # noqa: F401  (a fixture)
+from PIL import Image, JpegImagePlugin
 from train_testlib import REPO_ROOT, synthetic_data_dir, trainer_env  # noqa: F401  (a fixture)
+
 import unet_jax
 from unet_jax import checkpointing, data, errors, evaluation, image_io, predict, train_state
 
@@ -25,7 +25,7 @@ EXIF_ORIENTATION = 0x0112
 
 def _halves(height: int, width: int, left: tuple, right: tuple) -> np.ndarray:
   image = np.zeros((height, width, 3), np.uint8)
-  image[:, :width // 2], image[:, width // 2:] = left, right
+  image[:, : width // 2], image[:, width // 2 :] = left, right
   return image
 
 
@@ -78,7 +78,7 @@ def test_unreadable_files_are_errors_that_name_them(tmp_path):
   noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)  # Incompressible: half the file is cut.
   Image.fromarray(noise).save(tmp_path / "whole.png")
   whole = (tmp_path / "whole.png").read_bytes()
-  (tmp_path / "truncated.png").write_bytes(whole[:len(whole) // 2])
+  (tmp_path / "truncated.png").write_bytes(whole[: len(whole) // 2])
   (tmp_path / "notes.png").write_text("not an image")
   for name in ("truncated.png", "notes.png"):
     with pytest.raises(image_io.ImageReadError, match=name) as raised:
@@ -95,17 +95,21 @@ def test_an_animation_warns_that_only_its_first_frame_is_predicted(tmp_path, cap
     still = image_io.read_image(tmp_path / "still.gif")
   assert abs(int(first.mean()) - 40) <= 2 and abs(int(still.mean()) - 200) <= 2  # GIF quantises the colours.
   assert [record.getMessage() for record in caplog.records] == [
-      f"{tmp_path / 'anim.gif'} holds 2 frames (an animation or a multi-page file): predicting its first frame of 2; "
-      f"save the others as separate images to predict them."]
+    f"{tmp_path / 'anim.gif'} holds 2 frames (an animation or a multi-page file): predicting its first frame of 2; "
+    f"save the others as separate images to predict them."
+  ]
 
 
-@pytest.mark.parametrize("height, width, limit, want", [
+@pytest.mark.parametrize(
+  "height, width, limit, want",
+  [
     (10000, 10000, 4096 * 4096, (4096, 4096)),
     (3000, 4000, 4096 * 4096, (3000, 4000)),  # Within the limit: unchanged.
     (200, 150, 64 * 48, (64, 48)),
-    (1, 10 ** 6, 100, (1, 100)),  # A side floors to 0: it keeps 1 and the other side the rest.
-    (10 ** 6, 1, 100, (100, 1)),
-])
+    (1, 10**6, 100, (1, 100)),  # A side floors to 0: it keeps 1 and the other side the rest.
+    (10**6, 1, 100, (100, 1)),
+  ],
+)
 def test_bounded_size_keeps_the_aspect_within_the_limit(height, width, limit, want):
   assert image_io.bounded_size(height, width, limit) == want
   assert want[0] * want[1] <= limit
@@ -121,8 +125,8 @@ def test_an_image_over_the_limit_is_read_downscaled_upright_with_a_warning(tmp_p
       # The exact downscale of the expected image, within PIL's rounding (and JPEG's, away from the edge).
       resized = np.asarray(Image.fromarray(want).resize(got.shape[1::-1], Image.Resampling.BILINEAR))
       if name.endswith(".jpg"):  # Upright: red above, blue below.
-        np.testing.assert_allclose(got[:got.shape[0] // 3].astype(int), resized[:got.shape[0] // 3], atol=40)
-        np.testing.assert_allclose(got[-got.shape[0] // 3:].astype(int), resized[-got.shape[0] // 3:], atol=40)
+        np.testing.assert_allclose(got[: got.shape[0] // 3].astype(int), resized[: got.shape[0] // 3], atol=40)
+        np.testing.assert_allclose(got[-got.shape[0] // 3 :].astype(int), resized[-got.shape[0] // 3 :], atol=40)
       else:
         np.testing.assert_allclose(got.astype(int), resized, atol=2, err_msg=name)
   messages = [record.getMessage() for record in caplog.records]
@@ -131,8 +135,10 @@ def test_an_image_over_the_limit_is_read_downscaled_upright_with_a_warning(tmp_p
   assert messages[-1].endswith("read downscaled to 12x24, aspect ratio kept.")
   caplog.clear()
   with caplog.at_level(logging.WARNING, logger="absl"):
-    np.testing.assert_array_equal(image_io.read_image(tmp_path / "gray.png", max_pixels=math.inf),
-                                  image_io.read_image(tmp_path / "gray.png", max_pixels=45 * 70))
+    np.testing.assert_array_equal(
+      image_io.read_image(tmp_path / "gray.png", max_pixels=math.inf),
+      image_io.read_image(tmp_path / "gray.png", max_pixels=45 * 70),
+    )
   assert not caplog.records
 
 
@@ -175,21 +181,27 @@ def test_upscale_mask_repeats_the_nearest_class_id():
   assert image_io.upscale_mask(mask.astype(np.uint8), (5, 3)).dtype == np.uint8
 
 
-@pytest.mark.parametrize("image, want", [
+@pytest.mark.parametrize(
+  "image, want",
+  [
     (np.array([[0, 65535], [257, 514]], np.uint16), [[0, 255], [1, 2]]),
     (np.array([[True, False]]), [[255, 0]]),
     (np.array([[0.0, 1.0, 0.5]], np.float32), [[0, 255, 128]]),
-])
+  ],
+)
 def test_to_rgb_scales_dtypes(image, want):
   np.testing.assert_array_equal(image_io.to_rgb(image), np.repeat(np.asarray(want, np.uint8)[..., None], 3, -1))
 
 
-@pytest.mark.parametrize("image, message", [
+@pytest.mark.parametrize(
+  "image, message",
+  [
     (np.full((4, 4, 3), 2.0, np.float32), r"\[0, 1\].*spans \[2, 2\]"),
     (np.zeros((4, 4, 2), np.uint8), r"shape \(4, 4, 2\)"),
     (np.zeros((0, 4, 3), np.uint8), "empty"),
     (np.zeros((4, 4), np.int64), "dtype int64"),
-])
+  ],
+)
 def test_to_rgb_rejects_what_it_cannot_read(image, message):
   with pytest.raises(ValueError, match=message):
     image_io.to_rgb(image)
@@ -212,7 +224,10 @@ def test_find_images_walks_folders_and_refuses_clashes(tmp_path):
     (tmp_path / name).touch()
   found = image_io.find_images([tmp_path / "in", tmp_path / "c.png"])
   assert [(file.relative_to(tmp_path).as_posix(), name.as_posix()) for file, name in found] == [
-      ("in/a.png", "a"), ("in/sub/b.jpg", "sub/b"), ("c.png", "c")]
+    ("in/a.png", "a"),
+    ("in/sub/b.jpg", "sub/b"),
+    ("c.png", "c"),
+  ]
   with pytest.raises(errors.InputNotFoundError, match="missing.png") as missing:
     image_io.find_images([tmp_path / "c.png", tmp_path / "missing.png"])
   assert isinstance(missing.value, FileNotFoundError)
@@ -229,13 +244,28 @@ def predictor(trained) -> predict.Predictor:  # noqa: F811
 def test_predictor_equals_the_evaluators_predictions(trained, predictor):  # noqa: F811
   # At the model's own size the resize is the identity: the mask must be the eval step's predicted mask.
   images = np.random.default_rng(1).integers(0, 256, (3, 64, 64, 3), np.uint8)
-  state = train_state.TrainState(step=0, params=predictor.variables["params"],
-                                 batch_stats=predictor.variables["batch_stats"], opt_state=None, rng=None)
-  batch = {"image": data.normalize_image(images.astype(np.float32), trained.config.data.normalization),
-           "mask": np.zeros(images.shape[:3], np.int32), "weight": np.ones(len(images), np.float32)}
+  state = train_state.TrainState(
+    step=0,
+    params=predictor.variables["params"],
+    batch_stats=predictor.variables["batch_stats"],
+    opt_state=None,
+    rng=None,
+  )
+  batch = {
+    "image": data.normalize_image(images.astype(np.float32), trained.config.data.normalization),
+    "mask": np.zeros(images.shape[:3], np.int32),
+    "weight": np.ones(len(images), np.float32),
+  }
   for flip_average, scales in ((False, (1.0,)), (True, (1.0,)), (True, (0.5, 1.0))):
-    step = functools.partial(evaluation.eval_step, model=predictor.model, num_classes=predictor.num_classes,
-                             class_weights=(), dice_weight=0.0, flip_average=flip_average, scales=scales)
+    step = functools.partial(
+      evaluation.eval_step,
+      model=predictor.model,
+      num_classes=predictor.num_classes,
+      class_weights=(),
+      dice_weight=0.0,
+      flip_average=flip_average,
+      scales=scales,
+    )
     want = np.asarray(jax.jit(step)(state, batch)["predictions"])
     got = np.stack(list(dataclasses.replace(predictor, flip_average=flip_average, scales=scales).predict(images)))
     np.testing.assert_array_equal(got, want)
@@ -244,9 +274,13 @@ def test_predictor_equals_the_evaluators_predictions(trained, predictor):  # noq
 
 def test_predictor_maps_any_image_back_to_its_size(predictor):
   rng = np.random.default_rng(2)
-  images = [rng.integers(0, 256, (37, 90, 3), np.uint8), rng.integers(0, 256, (90, 37, 1), np.uint8),
-            rng.integers(0, 256, (130, 200, 4), np.uint8), rng.integers(0, 65536, (64, 48), np.uint16),
-            rng.random((5, 7)).astype(np.float32)]
+  images = [
+    rng.integers(0, 256, (37, 90, 3), np.uint8),
+    rng.integers(0, 256, (90, 37, 1), np.uint8),
+    rng.integers(0, 256, (130, 200, 4), np.uint8),
+    rng.integers(0, 65536, (64, 48), np.uint16),
+    rng.random((5, 7)).astype(np.float32),
+  ]
   batched = list(predictor.predict(images))  # Batches of 3: one full, one padded.
   for image, mask in zip(images, batched, strict=True):
     assert mask.shape == image.shape[:2] and mask.dtype == np.int32
@@ -272,17 +306,25 @@ def test_a_huge_array_gets_its_mask_computed_smaller_and_upscaled(predictor, mon
   with caplog.at_level(logging.WARNING, logger="absl"):
     mask = predictor(image)
   assert mask.shape == (90, 120) and mask.dtype == np.int32
-  logits = predict._jitted_model_logits(predictor.model, predictor.normalization, predictor.flip_average,
-                                        predictor.scales, predictor.variables, predictor.model_input(image)[None])
+  logits = predict._jitted_model_logits(
+    predictor.model,
+    predictor.normalization,
+    predictor.flip_average,
+    predictor.scales,
+    predictor.variables,
+    predictor.model_input(image)[None],
+  )
   reduced = predict.masks_from_logits(np.asarray(logits), (30, 40)).numpy()[0]
   np.testing.assert_array_equal(mask, image_io.upscale_mask(reduced, (90, 120)))
   assert [record.getMessage() for record in caplog.records] == [
-      "An image of 120x90 = 10,800 pixels is over image_io.MAX_PIXELS (1,200): its mask is computed at 40x30 and "
-      "upscaled (nearest neighbour)."]
+    "An image of 120x90 = 10,800 pixels is over image_io.MAX_PIXELS (1,200): its mask is computed at 40x30 and "
+    "upscaled (nearest neighbour)."
+  ]
 
 
-def test_a_file_over_the_limit_is_predicted_downscaled_and_its_mask_written_at_its_size(predictor, tmp_path,
-                                                                                        monkeypatch, caplog):
+def test_a_file_over_the_limit_is_predicted_downscaled_and_its_mask_written_at_its_size(
+  predictor, tmp_path, monkeypatch, caplog
+):
   image = np.random.default_rng(5).integers(0, 256, (150, 200, 3), np.uint8)
   Image.fromarray(image).save(tmp_path / "large.png")
   Image.fromarray(image[:40, :50]).save(tmp_path / "small.png")
@@ -292,16 +334,20 @@ def test_a_file_over_the_limit_is_predicted_downscaled_and_its_mask_written_at_i
   assert not failures
   reduced = image_io.read_image(tmp_path / "large.png")
   assert reduced.shape == (48, 64, 3)
-  with Image.open(tmp_path / "out" / "large_mask.png") as mask, \
-       Image.open(tmp_path / "out" / "large_overlay.png") as overlay:
+  with (
+    Image.open(tmp_path / "out" / "large_mask.png") as mask,
+    Image.open(tmp_path / "out" / "large_overlay.png") as overlay,
+  ):
     assert mask.mode == "P" and mask.size == (200, 150) and overlay.size == (64, 48)
     np.testing.assert_array_equal(np.asarray(mask), image_io.upscale_mask(predictor(reduced), (150, 200)))
   with Image.open(tmp_path / "out" / "small_mask.png") as mask:
     np.testing.assert_array_equal(np.asarray(mask), predictor(image[:40, :50]))
   messages = [record.getMessage() for record in caplog.records]
   assert len(messages) == 2 and messages[0] == messages[1]  # predict_files' read, then the test's own.
-  assert messages[0] == (f"{tmp_path / 'large.png'} is 200x150 = 30,000 pixels, over the limit of 3,072 "
-                         f"(unet_jax.image_io.MAX_PIXELS): read downscaled to 64x48, aspect ratio kept.")
+  assert messages[0] == (
+    f"{tmp_path / 'large.png'} is 200x150 = 30,000 pixels, over the limit of 3,072 "
+    f"(unet_jax.image_io.MAX_PIXELS): read downscaled to 64x48, aspect ratio kept."
+  )
 
 
 def test_keep_size_refuses_an_image_over_the_limit(trained, predictor, tmp_path, monkeypatch):  # noqa: F811
@@ -361,9 +407,10 @@ def test_workdir_errors_say_what_is_wrong(trained, tmp_path):  # noqa: F811
   with pytest.raises(errors.InputNotFoundError) as raised:
     predict.Predictor.from_workdir(str(untrained))
   assert str(raised.value) == (
-      f"{untrained / 'checkpoints'} holds no checkpoint: train first: python -m unet_jax.train --config CONFIG "
-      f"--workdir {untrained}, with CONFIG the config file (and --config.* overrides) the run there was started with, "
-      f"which its config.json records, e.g. configs/synthetic.py; or point --workdir at a run that saved one.")
+    f"{untrained / 'checkpoints'} holds no checkpoint: train first: python -m unet_jax.train --config CONFIG "
+    f"--workdir {untrained}, with CONFIG the config file (and --config.* overrides) the run there was started with, "
+    f"which its config.json records, e.g. configs/synthetic.py; or point --workdir at a run that saved one."
+  )
   assert isinstance(raised.value, FileNotFoundError)
 
 
@@ -372,9 +419,10 @@ def test_no_checkpoint_and_no_config_json_says_to_train_with_a_config(tmp_path):
   with pytest.raises(errors.InputNotFoundError) as raised:
     checkpointing.resolve_step(manager, "latest", str(tmp_path))
   assert str(raised.value) == (
-      f"{tmp_path / 'checkpoints'} holds no checkpoint: train first: python -m unet_jax.train --config CONFIG "
-      f"--workdir {tmp_path}, with CONFIG a config file, e.g. configs/synthetic.py; or point --workdir at a run that "
-      f"saved one.")
+    f"{tmp_path / 'checkpoints'} holds no checkpoint: train first: python -m unet_jax.train --config CONFIG "
+    f"--workdir {tmp_path}, with CONFIG a config file, e.g. configs/synthetic.py; or point --workdir at a run that "
+    f"saved one."
+  )
 
 
 def test_cli_writes_masks_and_overlays_and_reports_bad_files(trained, predictor, tmp_path):  # noqa: F811
@@ -385,8 +433,16 @@ def test_cli_writes_masks_and_overlays_and_reports_bad_files(trained, predictor,
   single = tmp_path / "single.bmp"
   Image.fromarray(np.full((33, 21, 3), 90, np.uint8)).save(single)
   output = tmp_path / "out"
-  command = [sys.executable, "-m", "unet_jax.predict", f"--workdir={trained.workdir}", f"--output={output}",
-             "--batch_size=3", str(inputs), str(single)]
+  command = [
+    sys.executable,
+    "-m",
+    "unet_jax.predict",
+    f"--workdir={trained.workdir}",
+    f"--output={output}",
+    "--batch_size=3",
+    str(inputs),
+    str(single),
+  ]
   result = subprocess.run(command, env=trainer_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 1, result.stderr[-3000:]
   assert "1 file(s) could not be read" in result.stderr and "corrupt.png" in result.stderr
@@ -395,8 +451,10 @@ def test_cli_writes_masks_and_overlays_and_reports_bad_files(trained, predictor,
   assert written == sorted([f"{name}_mask.png" for name in names] + [f"{name}_overlay.png" for name in names])
   for name in expected:
     stem = pathlib.Path(name).stem
-    with Image.open(output / "odd" / f"{stem}_mask.png") as mask, \
-         Image.open(output / "odd" / f"{stem}_overlay.png") as overlay:
+    with (
+      Image.open(output / "odd" / f"{stem}_mask.png") as mask,
+      Image.open(output / "odd" / f"{stem}_overlay.png") as overlay,
+    ):
       image = image_io.read_image(inputs / "odd" / name)
       assert mask.mode == "P" and overlay.size == mask.size == (image.shape[1], image.shape[0])
       np.testing.assert_array_equal(np.asarray(mask), predictor(image))

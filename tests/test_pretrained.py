@@ -52,9 +52,16 @@ def assert_same_variables(actual, expected) -> None:
 
 
 def test_imagenet_file_gives_sane_features_on_real_images(shared_dir, imagenet_h5, imagenet_variables):
-  images = np.stack([
-    np.asarray(Image.open(shared_dir / "data" / "pets_sample" / "images" / name).convert("RGB").resize((128, 128)),
-               np.float32) / 127.5 - 1 for name in PET_IMAGES])
+  images = np.stack(
+    [
+      np.asarray(
+        Image.open(shared_dir / "data" / "pets_sample" / "images" / name).convert("RGB").resize((128, 128)), np.float32
+      )
+      / 127.5
+      - 1
+      for name in PET_IMAGES
+    ]
+  )
   taps = jax.jit(MobileNetV2().apply)(imagenet_variables, images)
 
   for tap in map(np.asarray, taps):
@@ -71,15 +78,17 @@ def test_imagenet_file_converts_by_layer_name(imagenet_h5, imagenet_variables):
   with h5py.File(imagenet_h5, "r") as f:
     depthwise = np.asarray(f["block_5_depthwise"]["block_5_depthwise"]["depthwise_kernel:0"])
     variance = np.asarray(f["block_5_depthwise_BN"]["block_5_depthwise_BN"]["moving_variance:0"])
-  np.testing.assert_array_equal(imagenet_variables["params"]["block_5_depthwise"]["kernel"],
-                                depthwise.transpose(0, 1, 3, 2))
+  np.testing.assert_array_equal(
+    imagenet_variables["params"]["block_5_depthwise"]["kernel"], depthwise.transpose(0, 1, 3, 2)
+  )
   np.testing.assert_array_equal(imagenet_variables["batch_stats"]["block_5_depthwise_BN"]["var"], variance)
   assert "Conv_1" not in imagenet_variables["params"]  # Layers after block_16_project are ignored.
 
 
 @pytest.mark.parametrize("home_variable", ["KERAS_HOME", "HOME"])
-def test_loader_reuses_the_keras_cache(isolated_keras_cache, monkeypatch, closed_port_url, imagenet_h5,
-                                       imagenet_variables, home_variable):
+def test_loader_reuses_the_keras_cache(
+  isolated_keras_cache, monkeypatch, closed_port_url, imagenet_h5, imagenet_variables, home_variable
+):
   """Keras 3 caches under $KERAS_HOME/models, tf.keras under ~/.keras/models; both are found without a network."""
   tmp_path = isolated_keras_cache
   keras_home = tmp_path / "keras_home" if home_variable == "KERAS_HOME" else tmp_path / "home" / ".keras"
@@ -107,8 +116,7 @@ def test_loader_downloads_into_the_cache_atomically(tmp_path, monkeypatch, image
   assert [p.name for p in (tmp_path / "cache").iterdir()] == [OFFICIAL_NAME]  # No partial file left behind.
 
 
-def test_loader_offline_and_uncached_fails_fast_and_says_what_to_do(isolated_keras_cache, monkeypatch,
-                                                                     closed_port_url):
+def test_loader_offline_and_uncached_fails_fast_and_says_what_to_do(isolated_keras_cache, monkeypatch, closed_port_url):
   tmp_path = isolated_keras_cache
   monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
   name = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_128_no_top.h5"
@@ -161,6 +169,9 @@ def test_mismatched_layer_is_named(imagenet_h5):
   layers = pretrained.read_keras_h5(imagenet_h5)
   layers["block_5_depthwise"] = [np.zeros((3, 3, 40, 1), np.float32)]
   del layers["block_9_project_BN"]
-  with pytest.raises(ValueError, match=r"block_5_depthwise/kernel has shape \(3, 3, 1, 40\).*\(3, 3, 1, 192\)"
-                                       r".*'block_9_project_BN' is missing"):
+  with pytest.raises(
+    ValueError,
+    match=r"block_5_depthwise/kernel has shape \(3, 3, 1, 40\).*\(3, 3, 1, 192\)"
+    r".*'block_9_project_BN' is missing",
+  ):
     pretrained.mobilenet_v2_variables(layers)

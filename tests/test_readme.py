@@ -39,9 +39,10 @@ def test_ci_runs_the_readme_test_command():
   test_commands = [line for line in readme_commands() if "pytest" in line]
   assert test_commands == [test_commands[0]], "README shows one test command"
   assert test_commands[0] in ci_lines, f"CI must run README's test command verbatim: {test_commands[0]!r}"
-  later = ci_lines[ci_lines.index(test_commands[0]) + 1:]
-  assert any(line.startswith("pytest -m readme") and "tests/test_readme.py" in line for line in later), \
-      "after the suite, CI runs this file's README commands"
+  later = ci_lines[ci_lines.index(test_commands[0]) + 1 :]
+  assert any(line.startswith("pytest -m readme") and "tests/test_readme.py" in line for line in later), (
+    "after the suite, CI runs this file's README commands"
+  )
 
 
 def test_readme_states_the_first_runs_time_and_result():
@@ -51,8 +52,9 @@ def test_readme_states_the_first_runs_time_and_result():
 
 def test_the_readme_commands_are_the_ones_this_file_checks():
   """Each command's checks are below: a command added to README without them fails here, not silently."""
-  modules = [re.search(r"python -m unet_jax\.(\w+)", line).group(1) for line in readme_commands()
-             if "pytest" not in line]
+  modules = [
+    re.search(r"python -m unet_jax\.(\w+)", line).group(1) for line in readme_commands() if "pytest" not in line
+  ]
   assert modules == ["train", "train", "evaluate", "predict", "export", "summary"]
   first, resume = [line for line in readme_commands() if "unet_jax.train" in line]
   assert "--workdir" not in first and f"--workdir {PLACEHOLDER_RUN}" in resume

@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from train_testlib import REPO_ROOT, tiny_config
+
 from unet_jax import summary, train_state
 
 PETS_CONFIG = REPO_ROOT / "configs" / "pets.py"
@@ -57,20 +57,28 @@ def test_tutorial_model_counts_equal_keras_summary():
 
   rows = _table_rows(summary.stage_table(config))
   assert list(rows) == names  # In call order.
-  assert _shapes(rows["encoder"]["outputs"]) == [(1, 64, 64, 96), (1, 32, 32, 144), (1, 16, 16, 192), (1, 8, 8, 576),
-                                                 (1, 4, 4, 320)]
+  assert _shapes(rows["encoder"]["outputs"]) == [
+    (1, 64, 64, 96),
+    (1, 32, 32, 144),
+    (1, 16, 16, 192),
+    (1, 8, 8, 576),
+    (1, 4, 4, 320),
+  ]
   # The decoder's inputs show the skips: up_1 sees 512 upsampled + 576 skip channels.
   assert _shapes(rows["up_1"]["inputs"]) == [(1, 8, 8, 512), (1, 8, 8, 576)]
   assert _shapes(rows["last"]["outputs"]) == [(1, 128, 128, 3)]
   # The table's params and batch_stats per stage add up to the stage's Keras "Param #".
   assert [_counts(rows[name]["params"]) + _counts(rows[name]["batch_stats"]) for name in names] == [
-      stage.params for stage in result.stages]
+    stage.params for stage in result.stages
+  ]
 
 
 @pytest.mark.parametrize("freeze_encoder", [True, False])
 def test_trainable_count_is_what_the_optimizer_updates(tmp_path, freeze_encoder):
-  config = tiny_config(tmp_path, {"model.freeze_encoder": freeze_encoder, "data.image_size": 32,
-                                 "lr_schedule": "constant", "warmup_steps": 0})
+  config = tiny_config(
+    tmp_path,
+    {"model.freeze_encoder": freeze_encoder, "data.image_size": 32, "lr_schedule": "constant", "warmup_steps": 0},
+  )
   model = train_state.create_model(config.model)
   tx = train_state.make_optimizer(config, 10, train_encoder=train_state.encoder_trains(config, 0))
   # Shapes only (running the model is not the point), then one real optimizer update of all-ones gradients.
@@ -96,9 +104,14 @@ def _size(tree) -> int:
 def test_cli_prints_the_table_without_weights(tmp_path):
   # pets.py asks for the ImageNet encoder; an empty Keras cache (and no network) must not matter.
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "KERAS_HOME": str(tmp_path), "PYTHONPATH": str(REPO_ROOT)}
-  result = subprocess.run([sys.executable, "-m", "unet_jax.summary", f"--config={PETS_CONFIG}",
-                           "--config.model.num_classes=5"], env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
+  result = subprocess.run(
+    [sys.executable, "-m", "unet_jax.summary", f"--config={PETS_CONFIG}", "--config.model.num_classes=5"],
+    env=env,
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   lines = result.stdout.splitlines()
   assert "num_classes=5" in lines[0]

@@ -15,11 +15,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from PIL import Image
-
 import train_testlib
+from PIL import Image
 from train_testlib import synthetic_data_dir  # noqa: F401  (a fixture)
-from unet_jax import checkpointing, data, errors, sharding, train, trainer
+
+from unet_jax import checkpointing, data, errors, train, trainer
 
 NUM_STEPS = train_testlib.TINY["num_train_steps"]
 
@@ -38,8 +38,9 @@ def _checkpoint(workdir: pathlib.Path, step: int) -> dict:
   path = workdir / "checkpoints" / str(step) / "default"
   checkpointer = ocp.StandardCheckpointer()
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                        checkpointer.metadata(path).item_metadata)
+  target = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), checkpointer.metadata(path).item_metadata
+  )
   return jax.device_get(checkpointer.restore(path, target))
 
 
@@ -52,8 +53,13 @@ def _wait_for_checkpoint(process: subprocess.Popen, workdir: pathlib.Path, step:
 
 
 def _start_trainer(workdir: pathlib.Path, data_dir: pathlib.Path, log: pathlib.Path) -> subprocess.Popen:
-  return subprocess.Popen(train_testlib.trainer_command(workdir, data_dir), env=train_testlib.trainer_env(),
-                          cwd=train_testlib.REPO_ROOT, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+  return subprocess.Popen(
+    train_testlib.trainer_command(workdir, data_dir),
+    env=train_testlib.trainer_env(),
+    cwd=train_testlib.REPO_ROOT,
+    stdout=subprocess.DEVNULL,
+    stderr=log.open("w"),
+  )
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +79,9 @@ def test_cli_writes_metrics_checkpoints_predictions_and_tensorboard(reference):
 
   train_events = _events(workdir, "train")
   assert [e["step"] for e in train_events] == list(range(1, NUM_STEPS + 1))
-  assert all(np.isfinite(e["loss"]) and 0 <= e["pixel_accuracy"] <= 1 and e["images_per_second"] > 0
-             for e in train_events)
+  assert all(
+    np.isfinite(e["loss"]) and 0 <= e["pixel_accuracy"] <= 1 and e["images_per_second"] > 0 for e in train_events
+  )
   eval_events = _events(workdir, "eval")
   assert [e["step"] for e in eval_events] == [3, 6]
   for event in eval_events:
@@ -92,8 +99,10 @@ def test_cli_writes_metrics_checkpoints_predictions_and_tensorboard(reference):
   assert "Step 4: the encoder trains from now on" in log
   at_4, at_6 = _checkpoint(workdir, 4), _checkpoint(workdir, 6)
   assert jax.tree.leaves(at_4["opt_state"]["inner_states"]["encoder"])
-  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(at_4["params"]["encoder"]),
-                                                      jax.tree.leaves(at_6["params"]["encoder"])))
+  assert any(
+    not np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(at_4["params"]["encoder"]), jax.tree.leaves(at_6["params"]["encoder"]))
+  )
 
   for step in (3, 6):
     with Image.open(workdir / "predictions" / f"step_{step:06d}.png") as figure:
@@ -121,8 +130,7 @@ def test_checkpoint_of_8_devices_restores_on_1(eight_devices, synthetic_data_dir
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.batch_stats), saved["batch_stats"])
 
 
-def test_sigkill_and_restart_ends_bitwise_equal_to_an_uninterrupted_run(reference, tmp_path,
-                                                                        synthetic_data_dir):  # noqa: F811
+def test_sigkill_and_restart_ends_bitwise_equal_to_an_uninterrupted_run(reference, tmp_path, synthetic_data_dir):  # noqa: F811
   workdir = tmp_path / "run"
   process = _start_trainer(workdir, synthetic_data_dir, tmp_path / "killed.log")
   _wait_for_checkpoint(process, workdir, 2)
@@ -160,8 +168,7 @@ def _copy_of(workdir: pathlib.Path, tmp_path: pathlib.Path) -> tuple[pathlib.Pat
 def test_resuming_with_another_model_is_refused_and_the_run_kept(reference, tmp_path):
   workdir, data_dir = _copy_of(reference[0], tmp_path)
   config_json = (workdir / checkpointing.CONFIG_FILE).read_bytes()
-  result = train_testlib.run_trainer(workdir, data_dir, {"model.alpha": 0.5, "num_train_steps": 8},
-                                     check=False)
+  result = train_testlib.run_trainer(workdir, data_dir, {"model.alpha": 0.5, "num_train_steps": 8}, check=False)
   assert result.returncode == 1
   assert "model.alpha was 0.35, now 0.5" in result.stderr and "--config.model.alpha=0.35" in result.stderr
   assert "Traceback" not in result.stderr
@@ -173,8 +180,10 @@ def test_resuming_longer_records_the_change_and_removes_an_interrupted_save(refe
   workdir, data_dir = _copy_of(reference[0], tmp_path)
   (workdir / "checkpoints" / "8.orbax-checkpoint-tmp" / "default.orbax-checkpoint-tmp").mkdir(parents=True)
   result = train_testlib.run_trainer(workdir, data_dir, {"num_train_steps": 8})
-  assert (f"Resumed from {workdir / 'checkpoints'} at step {NUM_STEPS}, its newest readable checkpoint (the "
-          f"interrupted save(s) ['8.orbax-checkpoint-tmp'] of an earlier run were removed)") in result.stderr
+  assert (
+    f"Resumed from {workdir / 'checkpoints'} at step {NUM_STEPS}, its newest readable checkpoint (the "
+    f"interrupted save(s) ['8.orbax-checkpoint-tmp'] of an earlier run were removed)"
+  ) in result.stderr
   assert 8 in _saved_steps(workdir)
   (entry,) = map(json.loads, (workdir / checkpointing.CONFIG_HISTORY_FILE).read_text().splitlines())
   assert entry["changes"] == {"num_train_steps": {"from": NUM_STEPS, "to": 8}}
@@ -185,7 +194,7 @@ def test_an_unreadable_latest_checkpoint_resumes_from_the_one_before_exactly(ref
   workdir, data_dir = _copy_of(reference[0], tmp_path)
   for path in (workdir / "checkpoints" / str(NUM_STEPS)).rglob("*"):
     if path.is_file() and "ocdbt" in str(path):
-      path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])  # Truncated, as by a full disk or a cut copy.
+      path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # Truncated, as by a full disk or a cut copy.
   result = train_testlib.run_trainer(workdir, data_dir)
   assert f"The checkpoint of step {NUM_STEPS} in {workdir / 'checkpoints'} cannot be read" in result.stderr
   assert "Resumed from" in result.stderr and f"step(s) [{NUM_STEPS}] were moved aside" in result.stderr
@@ -193,8 +202,16 @@ def test_an_unreadable_latest_checkpoint_resumes_from_the_one_before_exactly(ref
   jax.tree.map(np.testing.assert_array_equal, _checkpoint(workdir, NUM_STEPS), _checkpoint(reference[0], NUM_STEPS))
 
 
-@pytest.mark.parametrize("field, value", [("num_train_steps", 0), ("num_train_steps", -5), ("eval_every_steps", 0),
-                                          ("log_every_steps", 0), ("checkpoint_every_steps", -2)])
+@pytest.mark.parametrize(
+  "field, value",
+  [
+    ("num_train_steps", 0),
+    ("num_train_steps", -5),
+    ("eval_every_steps", 0),
+    ("log_every_steps", 0),
+    ("checkpoint_every_steps", -2),
+  ],
+)
 def test_step_counts_that_cannot_work_fail_before_anything_is_written(tmp_path, field, value):
   config = train_testlib.tiny_config(tmp_path / "tfds", {field: value})
   with pytest.raises(errors.ConfigError, match=f"config.{field}={value} must be (a )?positive"):
@@ -228,16 +245,16 @@ def small_disk(tmp_path):
   """A 6 MB tmpfs: room for the tiny run's first checkpoints (2.6 MB each in the frozen phase), not for all."""
   mount_point = tmp_path / "small_disk"
   mount_point.mkdir()
-  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount_point)], capture_output=True,
-                           text=True)
+  mounted = subprocess.run(
+    ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount_point)], capture_output=True, text=True
+  )
   if mounted.returncode:
     pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
   yield mount_point
   subprocess.run(["umount", str(mount_point)], check=True)
 
 
-def test_a_full_disk_stops_the_run_with_the_cause_and_the_last_complete_checkpoint(small_disk,
-                                                                                  synthetic_data_dir):  # noqa: F811
+def test_a_full_disk_stops_the_run_with_the_cause_and_the_last_complete_checkpoint(small_disk, synthetic_data_dir):  # noqa: F811
   workdir = small_disk / "run"
   result = train_testlib.run_trainer(workdir, synthetic_data_dir, check=False)
   assert result.returncode == 1
@@ -251,12 +268,22 @@ def test_a_full_disk_stops_the_run_with_the_cause_and_the_last_complete_checkpoi
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(restored["params"]))
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     ({"batch_size": 0}, "config.batch_size=0 must be positive"),
     ({"data.image_size": 100}, "multiple of 32"),
-    ({"data.name": "folder", "data.folder.root": "no_such_dir", "data.train_split": "train", "data.eval_split": "test"},
-     "no_such_dir/images"),
-])
+    (
+      {
+        "data.name": "folder",
+        "data.folder.root": "no_such_dir",
+        "data.train_split": "train",
+        "data.eval_split": "test",
+      },
+      "no_such_dir/images",
+    ),
+  ],
+)
 def test_user_errors_are_the_message_alone(tmp_path, synthetic_data_dir, overrides, message):  # noqa: F811
   result = train_testlib.run_trainer(tmp_path / "run", synthetic_data_dir, overrides, check=False)
   assert result.returncode == 1

@@ -2,14 +2,13 @@
 
 configs/folder.py on `pets_sample` (official trainval list for training, test list for eval) with the real ImageNet
 MobileNetV2 weights; 64 px and 50 steps keep it short. The longer run and its figure: configs/pets_sample.py and
-bench/quality.md.
+experiments/pets_quality/.
 """
 
 import runpy
 
-import pytest
-
 import train_testlib
+
 from unet_jax import trainer
 
 

@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import optax
 import pytest
-
 import train_testlib
 from train_testlib import synthetic_data_dir  # noqa: F401  (a fixture)
+
 from unet_jax import data, sharding, train_state, trainer
 from unet_jax.models import UNet
 
@@ -44,8 +44,9 @@ def test_frozen_encoder_then_unfreeze_phase(synthetic_data_dir):  # noqa: F811
   model, txs = _tiny_model_and_optimizers(config)
   # The trainer's own jitted functions (the persistent compilation cache then serves both test modules).
   steps = {trains: trainer.make_train_fn(config, model, tx, mesh) for trains, tx in txs.items()}
-  initial = jax.device_get(jax.jit(train_state.make_init_fn(config, model, txs[False]),
-                                   out_shardings=sharding.replicated(mesh))())
+  initial = jax.device_get(
+    jax.jit(train_state.make_init_fn(config, model, txs[False]), out_shardings=sharding.replicated(mesh))()
+  )
 
   # Frozen: the encoder's params and BatchNorm statistics are bit-identical, every decoder variable trains, and the
   # optimizer holds Adam's two moments for the decoder only (scalar step counts aside).
@@ -60,9 +61,13 @@ def test_frozen_encoder_then_unfreeze_phase(synthetic_data_dir):  # noqa: F811
   assert all(_changed(_decoder(initial.batch_stats), _decoder(frozen.batch_stats)))
   # Every decoder parameter gets a gradient: a non-zero Adam first moment. (Behind the tiny random encoder the
   # deepest block's gradients are ~1e-14, too small to move its float32 BatchNorm scale visibly in three steps.)
-  first_moments = [state.mu for state in jax.tree.leaves(frozen.opt_state.inner_states["decoder"],
-                                                        is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
-                   if isinstance(state, optax.ScaleByAdamState)]
+  first_moments = [
+    state.mu
+    for state in jax.tree.leaves(
+      frozen.opt_state.inner_states["decoder"], is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState)
+    )
+    if isinstance(state, optax.ScaleByAdamState)
+  ]
   assert all(np.any(moment != 0) for moment in jax.tree.leaves(_decoder(first_moments[0])))
   assert _size(frozen.params[train_state.ENCODER]) > 0
   assert jax.tree.leaves(frozen.opt_state.inner_states["encoder"]) == []
@@ -79,19 +84,23 @@ def test_frozen_encoder_then_unfreeze_phase(synthetic_data_dir):  # noqa: F811
   state = jax.device_get(state)
   assert any(_changed(initial.params[train_state.ENCODER], state.params[train_state.ENCODER]))
   # Fine-tuning keeps the encoder's BatchNorm in inference mode (Keras' advice): its statistics stay put.
-  jax.tree.map(np.testing.assert_array_equal, state.batch_stats[train_state.ENCODER],
-               initial.batch_stats[train_state.ENCODER])
+  jax.tree.map(
+    np.testing.assert_array_equal, state.batch_stats[train_state.ENCODER], initial.batch_stats[train_state.ENCODER]
+  )
 
 
 def test_pretrained_weights_of_another_alpha_are_a_clear_error():
   config = train_testlib.tiny_config("")
   model, txs = _tiny_model_and_optimizers(config)
   other = jax.eval_shape(lambda: UNet(alpha=0.5).init(jax.random.PRNGKey(0), np.zeros((1, 64, 64, 3), np.float32)))
-  encoder = {collection: jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), other[collection][train_state.ENCODER])
-             for collection in ("params", "batch_stats")}
+  encoder = {
+    collection: jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), other[collection][train_state.ENCODER])
+    for collection in ("params", "batch_stats")
+  }
   with pytest.raises(ValueError, match="config.model.alpha"):
-    jax.eval_shape(lambda: train_state.create_train_state(model, txs[False], jax.random.PRNGKey(0), 64, encoder,
-                                                          "alpha_0.5.h5"))
+    jax.eval_shape(
+      lambda: train_state.create_train_state(model, txs[False], jax.random.PRNGKey(0), 64, encoder, "alpha_0.5.h5")
+    )
 
 
 def test_bfloat16_train_step_keeps_float32_parameters_and_loss():
@@ -99,8 +108,11 @@ def test_bfloat16_train_step_keeps_float32_parameters_and_loss():
   model, txs = _tiny_model_and_optimizers(config)
   mesh = sharding.make_mesh()
   state = jax.eval_shape(train_state.make_init_fn(config, model, txs[False]))
-  batch = {"image": jax.ShapeDtypeStruct((8, 64, 64, 3), np.float32),
-           "mask": jax.ShapeDtypeStruct((8, 64, 64), np.int32), "weight": jax.ShapeDtypeStruct((8,), np.float32)}
+  batch = {
+    "image": jax.ShapeDtypeStruct((8, 64, 64, 3), np.float32),
+    "mask": jax.ShapeDtypeStruct((8, 64, 64), np.int32),
+    "weight": jax.ShapeDtypeStruct((8,), np.float32),
+  }
   state, step_metrics = jax.eval_shape(trainer.make_train_fn(config, model, txs[False], mesh), state, batch)
   assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {np.dtype(np.float32)}
   assert step_metrics["loss"].dtype == np.float32
@@ -152,29 +164,53 @@ def test_padding_rows_change_nothing_a_batch_of_the_real_rows_alone_would_not():
   # SGD at a constant rate: a non-zero learning rate from the first step (the synthetic config's warmup starts at
   # 0, which left the parameters unchanged), and an update linear in the gradient (Adam's first is ~lr*sign(g),
   # which turns a gradient of pure rounding noise into a +-lr difference).
-  config = train_testlib.tiny_config("", {"model.freeze_encoder": False, "data.image_size": 32, "optimizer": "sgd",
-                                          "lr_schedule": "constant", "warmup_steps": 0})
+  config = train_testlib.tiny_config(
+    "",
+    {
+      "model.freeze_encoder": False,
+      "data.image_size": 32,
+      "optimizer": "sgd",
+      "lr_schedule": "constant",
+      "warmup_steps": 0,
+    },
+  )
   model, txs = _tiny_model_and_optimizers(config)
   initial = jax.device_get(jax.jit(train_state.make_init_fn(config, model, txs[True]))())
   rng = np.random.default_rng(0)
-  real = {"image": rng.uniform(-1, 1, (3, 32, 32, 3)), "mask": rng.integers(0, 3, (3, 32, 32)).astype(np.int32),
-          "weight": np.ones(3)}
+  real = {
+    "image": rng.uniform(-1, 1, (3, 32, 32, 3)),
+    "mask": rng.integers(0, 3, (3, 32, 32)).astype(np.int32),
+    "weight": np.ones(3),
+  }
 
   def padded(image, mask):
-    return {"image": np.concatenate([real["image"], image]), "mask": np.concatenate([real["mask"], mask]),
-            "weight": np.concatenate([real["weight"], np.zeros(5)])}
+    return {
+      "image": np.concatenate([real["image"], image]),
+      "mask": np.concatenate([real["mask"], mask]),
+      "weight": np.concatenate([real["weight"], np.zeros(5)]),
+    }
 
   fifty = padded(np.full((5, 32, 32, 3), 50.0), np.full((5, 32, 32), 2, np.int32))
   noise = padded(rng.normal(0.0, 50.0, (5, 32, 32, 3)), np.zeros((5, 32, 32), np.int32))
   # One float64 step serves both parts (a float32 one would be another compile; the exact part holds there too).
   with jax.enable_x64(True):
-    to_float64 = functools.partial(jax.tree.map, lambda x: x.astype(np.float64) if np.issubdtype(x.dtype, np.floating)
-                                   else x)
+    to_float64 = functools.partial(
+      jax.tree.map, lambda x: x.astype(np.float64) if np.issubdtype(x.dtype, np.floating) else x
+    )
     state = to_float64(initial)
-    step = jax.jit(functools.partial(trainer.train_step, model=model.clone(dtype=np.float64), tx=txs[True],
-                                     class_weights=(), dice_weight=0.0, padded_batches=True))
-    from_fifty, from_noise, from_real = [jax.device_get(step(state, to_float64(batch)))
-                                         for batch in (fifty, noise, real)]
+    step = jax.jit(
+      functools.partial(
+        trainer.train_step,
+        model=model.clone(dtype=np.float64),
+        tx=txs[True],
+        class_weights=(),
+        dice_weight=0.0,
+        padded_batches=True,
+      )
+    )
+    from_fifty, from_noise, from_real = [
+      jax.device_get(step(state, to_float64(batch))) for batch in (fifty, noise, real)
+    ]
   jax.tree.map(np.testing.assert_array_equal, from_noise, from_fifty)
 
   (from_padded, padded_metrics), (from_real, real_metrics) = from_fifty, from_real

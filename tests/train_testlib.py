@@ -23,30 +23,30 @@ jax.config.update("jax_compilation_cache_dir", str(XLA_CACHE_DIR))  # In-process
 
 # The model and data of every trainer test: seconds per step on a CPU, still the real U-Net and the real stream.
 TINY = {
-    "seed": 0,
-    "batch_size": 8,
-    "num_train_steps": 6,
-    "learning_rate": 3e-3,
-    "log_every_steps": 1,
-    "eval_every_steps": 3,
-    "checkpoint_every_steps": 2,
-    "max_to_keep": 2,
-    "num_prediction_examples": 2,
-    "model.alpha": 0.35,
-    "model.decoder_filters": (32, 16, 16, 8),
-    "model.pretrained": "",
-    "model.freeze_encoder": True,
-    # The encoder trains from step 4 on: every run crosses the phase switch (resumed, on 8 devices, restored).
-    "unfreeze_at_step": 4,
-    "encoder_learning_rate": 1e-3,
-    "data.name": "synthetic_pets/tiny",
-    # 5.5 batches of 8: step 6 is the epoch's partial batch, 4 examples and 4 rows of padding (on 8 devices, four
-    # hold padding alone), so every trainer test crosses it too.
-    "data.train_split": "train[:44]",
-    "data.drop_remainder": False,
-    "data.image_size": 64,
-    "data.eval_split": "test[:20]",  # 3 eval batches of 8, the last one padded with 4 examples.
-    "data.shuffle_buffer": 64,
+  "seed": 0,
+  "batch_size": 8,
+  "num_train_steps": 6,
+  "learning_rate": 3e-3,
+  "log_every_steps": 1,
+  "eval_every_steps": 3,
+  "checkpoint_every_steps": 2,
+  "max_to_keep": 2,
+  "num_prediction_examples": 2,
+  "model.alpha": 0.35,
+  "model.decoder_filters": (32, 16, 16, 8),
+  "model.pretrained": "",
+  "model.freeze_encoder": True,
+  # The encoder trains from step 4 on: every run crosses the phase switch (resumed, on 8 devices, restored).
+  "unfreeze_at_step": 4,
+  "encoder_learning_rate": 1e-3,
+  "data.name": "synthetic_pets/tiny",
+  # 5.5 batches of 8: step 6 is the epoch's partial batch, 4 examples and 4 rows of padding (on 8 devices, four
+  # hold padding alone), so every trainer test crosses it too.
+  "data.train_split": "train[:44]",
+  "data.drop_remainder": False,
+  "data.image_size": 64,
+  "data.eval_split": "test[:20]",  # 3 eval batches of 8, the last one padded with 4 examples.
+  "data.shuffle_buffer": 64,
 }
 
 
@@ -65,22 +65,47 @@ def _flag_value(value) -> str:
 
 def trainer_command(workdir: os.PathLike, data_dir: os.PathLike, overrides: dict | None = None) -> list[str]:
   settings = {**TINY, "data.data_dir": str(data_dir), **(overrides or {})}
-  return [sys.executable, "-m", "unet_jax.train", f"--config={SYNTHETIC_CONFIG}", f"--workdir={workdir}",
-          *(f"--config.{key}={_flag_value(value)}" for key, value in settings.items())]
+  return [
+    sys.executable,
+    "-m",
+    "unet_jax.train",
+    f"--config={SYNTHETIC_CONFIG}",
+    f"--workdir={workdir}",
+    *(f"--config.{key}={_flag_value(value)}" for key, value in settings.items()),
+  ]
 
 
 def trainer_env(devices: int = 1) -> dict[str, str]:
   flags = os.environ.get("XLA_FLAGS", "")
-  return {**os.environ, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2",
-          "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}",
-          "JAX_COMPILATION_CACHE_DIR": str(XLA_CACHE_DIR), "PYTHONPATH": str(REPO_ROOT)}
+  return {
+    **os.environ,
+    "JAX_PLATFORMS": "cpu",
+    "CUDA_VISIBLE_DEVICES": "",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}",
+    "JAX_COMPILATION_CACHE_DIR": str(XLA_CACHE_DIR),
+    "PYTHONPATH": str(REPO_ROOT),
+  }
 
 
-def run_trainer(workdir: os.PathLike, data_dir: os.PathLike, overrides: dict | None = None, *, devices: int = 1,
-                check: bool = True, cwd: os.PathLike = REPO_ROOT) -> subprocess.CompletedProcess:
+def run_trainer(
+  workdir: os.PathLike,
+  data_dir: os.PathLike,
+  overrides: dict | None = None,
+  *,
+  devices: int = 1,
+  check: bool = True,
+  cwd: os.PathLike = REPO_ROOT,
+) -> subprocess.CompletedProcess:
   """The trainer CLI; a relative `workdir` is relative to `cwd`, as for a user."""
-  result = subprocess.run(trainer_command(workdir, data_dir, overrides), env=trainer_env(devices), cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+  result = subprocess.run(
+    trainer_command(workdir, data_dir, overrides),
+    env=trainer_env(devices),
+    cwd=cwd,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   if check and result.returncode != 0:
     raise AssertionError(f"trainer exited {result.returncode}:\n{result.stderr[-6000:]}")
   return result
@@ -90,13 +115,15 @@ def run_trainer(workdir: os.PathLike, data_dir: os.PathLike, overrides: dict | N
 def synthetic_data_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
   """A tfds data_dir with `synthetic_pets/tiny` built, once per test process (import this fixture to use it)."""
   from unet_jax import data  # The data pipeline imports TensorFlow: only when a test needs it.
+
   data_dir = tmp_path_factory.mktemp("tfds")
   data.num_examples(tiny_config(data_dir).data, "train")  # Preparing it is part of opening it.
   return data_dir
 
 
-def run_once_per_session(tmp_path_factory: pytest.TempPathFactory, name: str, data_dir: os.PathLike,
-                         devices: int = 1) -> tuple[pathlib.Path, str]:
+def run_once_per_session(
+  tmp_path_factory: pytest.TempPathFactory, name: str, data_dir: os.PathLike, devices: int = 1
+) -> tuple[pathlib.Path, str]:
   """A trainer run (its workdir and log) made once per test session, even when pytest-xdist spreads the tests that
   read it over several workers: the first worker runs it under a file lock, the others wait and reuse it."""
   root = tmp_path_factory.getbasetemp()

@@ -65,19 +65,21 @@ def _mean_iou(metrics: dict[str, Any]) -> float:
 def make_manager(workdir: str, *, max_to_keep: int, read_only: bool = False) -> ocp.CheckpointManager:
   """Keeps the `max_to_keep` newest checkpoints plus the one with the best eval mean IoU."""
   options = ocp.CheckpointManagerOptions(
-      preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy([
-          ocp.checkpoint_managers.LatestN(n=max_to_keep),
-          ocp.checkpoint_managers.BestN(get_metric_fn=_mean_iou, n=1, keep_checkpoints_without_metrics=False),
-      ]),
-      best_fn=_mean_iou,  # What `best_step()` ranks by.
-      read_only=read_only,
-      # Writers remove half-written saves of a killed run; readers leave the directory as it is (and Orbax quiet).
-      create=not read_only,
-      cleanup_tmp_directories=not read_only,
-      save_interval_steps=0 if read_only else 1,
-      # Saves finish before training goes on: a failed one (a full disk) stops the run at once, with its cause,
-      # instead of surfacing steps later from a background thread. This model's state is tens of MB.
-      enable_async_checkpointing=False,
+    preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(
+      [
+        ocp.checkpoint_managers.LatestN(n=max_to_keep),
+        ocp.checkpoint_managers.BestN(get_metric_fn=_mean_iou, n=1, keep_checkpoints_without_metrics=False),
+      ]
+    ),
+    best_fn=_mean_iou,  # What `best_step()` ranks by.
+    read_only=read_only,
+    # Writers remove half-written saves of a killed run; readers leave the directory as it is (and Orbax quiet).
+    create=not read_only,
+    cleanup_tmp_directories=not read_only,
+    save_interval_steps=0 if read_only else 1,
+    # Saves finish before training goes on: a failed one (a full disk) stops the run at once, with its cause,
+    # instead of surfacing steps later from a background thread. This model's state is tens of MB.
+    enable_async_checkpointing=False,
   )
   # Orbax takes absolute paths only; a Python caller's relative workdir means the current directory.
   return ocp.CheckpointManager(epath.Path(paths.resolve(workdir)) / CHECKPOINT_DIR, options=options)
@@ -106,10 +108,16 @@ def remove_interrupted_saves(directory: str | os.PathLike) -> list[str]:
 
 def _save_failed(manager: ocp.CheckpointManager, error: Exception) -> CheckpointError:
   complete = complete_steps(manager.directory)
-  last = (f"The last complete checkpoint, step {complete[-1]}, is intact: fix the cause and rerun with the same "
-          f"--workdir to resume from it." if complete else "No checkpoint of this run is complete yet.")
-  return CheckpointError(f"Saving a checkpoint in {manager.directory} failed: {error}. Training stopped so that no "
-                         f"more work goes unsaved. {last}")
+  last = (
+    f"The last complete checkpoint, step {complete[-1]}, is intact: fix the cause and rerun with the same "
+    f"--workdir to resume from it."
+    if complete
+    else "No checkpoint of this run is complete yet."
+  )
+  return CheckpointError(
+    f"Saving a checkpoint in {manager.directory} failed: {error}. Training stopped so that no "
+    f"more work goes unsaved. {last}"
+  )
 
 
 def _check_free_space(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
@@ -121,9 +129,14 @@ def _check_free_space(manager: ocp.CheckpointManager, step: int, state: Any) -> 
   needed = _CHECKPOINT_OVERHEAD * sum(leaf.nbytes for leaf in jax.tree.leaves(state)) + _CHECKPOINT_METADATA_BYTES
   free = shutil.disk_usage(directory).free
   if free < needed:
-    raise _save_failed(manager, OSError(
-        errno.ENOSPC, f"No space left on device: the checkpoint of step {step} needs about {needed / 2**20:.1f} MiB "
-        f"and the disk has {free / 2**20:.1f} MiB free"))
+    raise _save_failed(
+      manager,
+      OSError(
+        errno.ENOSPC,
+        f"No space left on device: the checkpoint of step {step} needs about {needed / 2**20:.1f} MiB "
+        f"and the disk has {free / 2**20:.1f} MiB free",
+      ),
+    )
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, metrics: dict[str, Any] | None = None) -> bool:
@@ -152,12 +165,14 @@ def restore(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
   try:
     return manager.restore(step, args=ocp.args.StandardRestore(target))
   except Exception as error:  # Truncated or missing files surface as TensorStore, OCDBT or pytree errors.
-    raise CheckpointError(f"The checkpoint of step {step} in {manager.directory} cannot be read: "
-                          f"{_first_line(error)}") from error
+    raise CheckpointError(
+      f"The checkpoint of step {step} in {manager.directory} cannot be read: {_first_line(error)}"
+    ) from error
 
 
-def restore_newest_readable(manager: ocp.CheckpointManager, target: Callable[[int], Any], *,
-                            on_unreadable: Callable[[int], None] | None = None) -> tuple[int, Any]:
+def restore_newest_readable(
+  manager: ocp.CheckpointManager, target: Callable[[int], Any], *, on_unreadable: Callable[[int], None] | None = None
+) -> tuple[int, Any]:
   """(step, state) of the newest checkpoint that reads, `target(step)` giving the structure to restore into; each
   unreadable one on the way is logged, and handed to `on_unreadable` once an older one has read (so that a failure
   of every step, e.g. a state of another structure, leaves them all in place). CheckpointError when none reads."""
@@ -174,8 +189,10 @@ def restore_newest_readable(manager: ocp.CheckpointManager, target: Callable[[in
       for bad_step in unreadable:
         on_unreadable(bad_step)
     return step, state
-  raise CheckpointError(f"No checkpoint in {manager.directory} can be read ({'; '.join(problems) or 'none saved'}). "
-                        f"Train in a new --workdir, or restore the files from a backup.")
+  raise CheckpointError(
+    f"No checkpoint in {manager.directory} can be read ({'; '.join(problems) or 'none saved'}). "
+    f"Train in a new --workdir, or restore the files from a backup."
+  )
 
 
 def set_aside(manager: ocp.CheckpointManager, step: int) -> None:
@@ -213,8 +230,9 @@ class Preempted(Exception):
   """The run saved a checkpoint on SIGTERM and stopped before its last step; rerunning it resumes there."""
 
   def __init__(self, step: int, directory: epath.Path):
-    super().__init__(f"Preempted (SIGTERM) at step {step}: saved a checkpoint in {directory}; rerun with the same "
-                     f"--workdir to resume.")
+    super().__init__(
+      f"Preempted (SIGTERM) at step {step}: saved a checkpoint in {directory}; rerun with the same --workdir to resume."
+    )
     self.step = step
 
 
@@ -241,8 +259,11 @@ def config_changes(saved: ml_collections.ConfigDict, config: ml_collections.Conf
   """{field: (saved value, new value)} for every field whose value differs, compared as JSON (tuples = lists)."""
   before = _flat(json.loads(saved.to_json_best_effort()))
   after = _flat(json.loads(config.to_json_best_effort()))
-  return {field: (before.get(field), after.get(field)) for field in sorted(before.keys() | after.keys())
-          if before.get(field) != after.get(field)}
+  return {
+    field: (before.get(field), after.get(field))
+    for field in sorted(before.keys() | after.keys())
+    if before.get(field) != after.get(field)
+  }
 
 
 def record_config(workdir: str, config: ml_collections.ConfigDict, *, has_checkpoints: bool) -> None:
@@ -259,13 +280,16 @@ def record_config(workdir: str, config: ml_collections.ConfigDict, *, has_checkp
       listed = "; ".join(f"{field} was {before!r}, now {after!r}" for field, (before, after) in refused.items())
       flags = " ".join(f"--config.{field}={_flag_value(before)}" for field, (before, _) in refused.items())
       raise errors.ConfigError(
-          f"{workdir} holds checkpoints of another model or optimizer than this config's: {listed}. A resumed run "
-          f"must keep what its state is. Resume with the run's values ({flags}), or train in a new --workdir.")
+        f"{workdir} holds checkpoints of another model or optimizer than this config's: {listed}. A resumed run "
+        f"must keep what its state is. Resume with the run's values ({flags}), or train in a new --workdir."
+      )
     if not changes:
       return
     if jax.process_index() == 0:
-      entry = {"time": datetime.datetime.now().isoformat(timespec="seconds"),
-               "changes": {field: {"from": before, "to": after} for field, (before, after) in changes.items()}}
+      entry = {
+        "time": datetime.datetime.now().isoformat(timespec="seconds"),
+        "changes": {field: {"from": before, "to": after} for field, (before, after) in changes.items()},
+      }
       with (epath.Path(workdir) / CONFIG_HISTORY_FILE).open("a") as history:
         history.write(json.dumps(entry) + "\n")
   if jax.process_index() == 0:
@@ -289,8 +313,13 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
   """`saved` with the fields it lacks taken from `defaults`: a run saved before a field existed still loads, and
   means the field's default (which is what the run did)."""
-  return {**defaults, **{key: _with_defaults(value, defaults[key]) if isinstance(defaults.get(key), dict) else value
-                         for key, value in saved.items()}}
+  return {
+    **defaults,
+    **{
+      key: _with_defaults(value, defaults[key]) if isinstance(defaults.get(key), dict) else value
+      for key, value in saved.items()
+    },
+  }
 
 
 class PreemptionNotice:
@@ -322,25 +351,33 @@ def resolve_step(manager, checkpoint: str | int, workdir: str) -> int:
   if not steps:
     # The trainer always needs --config: config.json only records a run's values, it is no config file.
     started = (epath.Path(workdir) / CONFIG_FILE).exists()
-    config = ("the config file (and --config.* overrides) the run there was started with, which its config.json "
-              "records" if started else "a config file")
+    config = (
+      "the config file (and --config.* overrides) the run there was started with, which its config.json records"
+      if started
+      else "a config file"
+    )
     raise errors.InputNotFoundError(
-        f"{manager.directory} holds no checkpoint: train first: python -m unet_jax.train --config CONFIG --workdir "
-        f"{workdir}, with CONFIG {config}, e.g. configs/synthetic.py; or point --workdir at a run that saved one.")
+      f"{manager.directory} holds no checkpoint: train first: python -m unet_jax.train --config CONFIG --workdir "
+      f"{workdir}, with CONFIG {config}, e.g. configs/synthetic.py; or point --workdir at a run that saved one."
+    )
   text = str(checkpoint).strip().lower()
   if text == "latest":
     return steps[-1]
   if text == "best":
     best = manager.best_step()
     if best is None:
-      raise errors.ConfigError(f"No checkpoint in {manager.directory} has eval metrics to rank by (steps {steps}); "
-                               f"use --checkpoint=latest or a step number.")
+      raise errors.ConfigError(
+        f"No checkpoint in {manager.directory} has eval metrics to rank by (steps {steps}); "
+        f"use --checkpoint=latest or a step number."
+      )
     return best
   if not text.isdigit():
     raise errors.ConfigError(f"--checkpoint={checkpoint!r} is not {CHECKPOINT_CHOICES}.")
   if int(text) not in steps:
-    raise errors.ConfigError(f"{manager.directory} has no checkpoint for step {int(text)}; it has steps {steps}: "
-                             f"pass one of them, 'latest' or 'best'.")
+    raise errors.ConfigError(
+      f"{manager.directory} has no checkpoint for step {int(text)}; it has steps {steps}: "
+      f"pass one of them, 'latest' or 'best'."
+    )
   return int(text)
 
 
@@ -353,6 +390,7 @@ def check_workdir(workdir: str) -> None:
 @dataclasses.dataclass(frozen=True)
 class TrainedRun:
   """One checkpoint of a run, ready to evaluate, predict with or export."""
+
   config: ml_collections.ConfigDict
   model: UNet
   state: train_state.TrainState  # Replicated on `mesh`.
@@ -360,8 +398,9 @@ class TrainedRun:
   mesh: jax.sharding.Mesh
 
 
-def load_run(workdir: str, checkpoint: str | int = "latest",
-             config: ml_collections.ConfigDict | None = None) -> TrainedRun:
+def load_run(
+  workdir: str, checkpoint: str | int = "latest", config: ml_collections.ConfigDict | None = None
+) -> TrainedRun:
   """The run's config (or `config`, e.g. with data overrides), its model and the state of one checkpoint.
 
   'latest' is the newest checkpoint that reads: an unreadable newer one is named in a warning and passed over (and

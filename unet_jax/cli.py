@@ -7,9 +7,9 @@ package or in the code of a user's config file, keeps its traceback.
 """
 
 import difflib
-import logging as std_logging
 import importlib.machinery
 import importlib.util
+import logging as std_logging
 import os
 import re
 import sys
@@ -146,14 +146,17 @@ class _ConfigFileParser(ml_config_flags.ConfigFileFlagParser):
     flag = f"--{self.name}={path}"
     if not os.path.isfile(filename):
       what = "is not a file" if os.path.isdir(filename) else "does not exist"
-      raise _ConfigFileProblem(f"{flag}: the config file {filename!r} {what} (a relative path is relative to the "
-                               f"current directory, {os.getcwd()}).")
+      raise _ConfigFileProblem(
+        f"{flag}: the config file {filename!r} {what} (a relative path is relative to the "
+        f"current directory, {os.getcwd()})."
+      )
     filename = os.path.abspath(filename)
     try:
       module = _load_module(f"{self.name}_config", filename)
     except SyntaxError as error:
-      raise _ConfigFileProblem(f"{flag}: a syntax error in the config file\n"
-                               + "".join(traceback.format_exception_only(error)).rstrip()) from None
+      raise _ConfigFileProblem(
+        f"{flag}: a syntax error in the config file\n" + "".join(traceback.format_exception_only(error)).rstrip()
+      ) from None
     except Exception as error:
       raise _ConfigFileProblem(_bug_in_config(flag, error, filename), is_bug=True) from None
     get_config = getattr(module, "get_config", None)
@@ -238,6 +241,7 @@ def quiet_library_logs() -> None:
   (less Orbax's note that a checkpoint between evals has no metrics: by design, see `checkpointing.make_manager`).
   Errors from Orbax and from the asyncio loops its threads run keep their first line only: the trainer reports a
   failed save itself, with its cause, once."""
+
   def keep(record: std_logging.LogRecord) -> bool:
     if any(source in record.pathname for source in ("/orbax/", "/asyncio/")) and record.levelno >= std_logging.ERROR:
       record.msg, record.args = record.getMessage().splitlines()[0], ()
@@ -245,6 +249,8 @@ def quiet_library_logs() -> None:
       return True
     if any(library in record.pathname for library in ("/orbax/", "/tensorflow_datasets/")):
       return record.levelno > std_logging.WARNING or (
-          record.levelno == std_logging.WARNING and "did not provide metrics" not in record.getMessage())
+        record.levelno == std_logging.WARNING and "did not provide metrics" not in record.getMessage()
+      )
     return True
+
   logging.get_absl_handler().addFilter(keep)

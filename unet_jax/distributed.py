@@ -57,10 +57,12 @@ def initialize(coordinator_address: str = "", num_processes: int = -1, process_i
   # CPU processes exchange collectives over TCP with gloo; without it a cross-process psum on CPU fails.
   # It only configures the CPU client, so GPU processes are unaffected.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  logging.info("Joining a %d-process run as process %d via coordinator %s.", num_processes, process_id,
-               coordinator_address)
-  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                             process_id=process_id)
+  logging.info(
+    "Joining a %d-process run as process %d via coordinator %s.", num_processes, process_id, coordinator_address
+  )
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+  )
   if jax.default_backend() == "cpu":
     # gloo connects the processes at their first collective and gives up after 30 s, so all must reach it together.
     # A persistent compilation cache breaks that: on CPU its keys differ per process and only process 0 writes
@@ -76,9 +78,11 @@ def describe_run(mesh: jax.sharding.Mesh, global_batch_size: int) -> str:
   local_devices = jax.local_devices()
   kinds = sorted({d.device_kind for d in local_devices})
   mesh_shape = ", ".join(f"{name}={size}" for name, size in mesh.shape.items())
-  return (f"processes={jax.process_count()} devices={jax.device_count()} "
-          f"local_devices={len(local_devices)} ({', '.join(kinds)}) mesh=({mesh_shape}) "
-          f"global_batch={global_batch_size} local_batch={global_batch_size // jax.process_count()}")
+  return (
+    f"processes={jax.process_count()} devices={jax.device_count()} "
+    f"local_devices={len(local_devices)} ({', '.join(kinds)}) mesh=({mesh_shape}) "
+    f"global_batch={global_batch_size} local_batch={global_batch_size // jax.process_count()}"
+  )
 
 
 def _int_from_env(name: str) -> int:
@@ -88,27 +92,41 @@ def _int_from_env(name: str) -> int:
   try:
     return int(value)
   except ValueError:
-    raise errors.ConfigError(f"Environment variable {name}={value!r} is not an integer; set it to a whole number "
-                             f"or unset it for a single-process run.") from None
+    raise errors.ConfigError(
+      f"Environment variable {name}={value!r} is not an integer; set it to a whole number "
+      f"or unset it for a single-process run."
+    ) from None
 
 
 def _check_explicit(coordinator_address: str, num_processes: int, process_id: int) -> None:
   """Fails early, naming the missing piece, instead of letting every process wait out a timeout."""
-  missing = [name for name, unset in (("coordinator_address (JAX_COORDINATOR_ADDRESS)", not coordinator_address),
-                                      ("num_processes (JAX_NUM_PROCESSES)", num_processes < 0),
-                                      ("process_id (JAX_PROCESS_ID)", process_id < 0)) if unset]
+  missing = [
+    name
+    for name, unset in (
+      ("coordinator_address (JAX_COORDINATOR_ADDRESS)", not coordinator_address),
+      ("num_processes (JAX_NUM_PROCESSES)", num_processes < 0),
+      ("process_id (JAX_PROCESS_ID)", process_id < 0),
+    )
+    if unset
+  ]
   if missing:
-    raise errors.ConfigError(f"A multi-process run needs coordinator_address, num_processes and process_id together; "
-                             f"missing: {', '.join(missing)}. Got coordinator_address={coordinator_address!r}, "
-                             f"num_processes={num_processes}, process_id={process_id}. Give all three (flags or "
-                             f"environment variables), or none of them for a single process.")
+    raise errors.ConfigError(
+      f"A multi-process run needs coordinator_address, num_processes and process_id together; "
+      f"missing: {', '.join(missing)}. Got coordinator_address={coordinator_address!r}, "
+      f"num_processes={num_processes}, process_id={process_id}. Give all three (flags or "
+      f"environment variables), or none of them for a single process."
+    )
   host, _, port = coordinator_address.rpartition(":")
   if not host or not port.isdigit():
-    raise errors.ConfigError(f"coordinator_address={coordinator_address!r} must be HOST:PORT of process 0, "
-                             f"e.g. '10.0.0.1:1234' or 'localhost:12355'.")
+    raise errors.ConfigError(
+      f"coordinator_address={coordinator_address!r} must be HOST:PORT of process 0, "
+      f"e.g. '10.0.0.1:1234' or 'localhost:12355'."
+    )
   if num_processes < 1 or not 0 <= process_id < num_processes:
-    raise errors.ConfigError(f"process_id={process_id} must be in [0, num_processes={num_processes}); number the "
-                     f"processes 0, 1, ..., num_processes - 1 with process 0 on the coordinator's host.")
+    raise errors.ConfigError(
+      f"process_id={process_id} must be in [0, num_processes={num_processes}); number the "
+      f"processes 0, 1, ..., num_processes - 1 with process 0 on the coordinator's host."
+    )
 
 
 def _on_cloud_tpu_vm() -> bool:
@@ -127,8 +145,10 @@ def _on_cloud_tpu_vm() -> bool:
   if platforms and "tpu" not in platforms.split(","):
     return False
   if not _libtpu_installed():
-    logging.warning("TPU chips are attached but libtpu is not installed, so JAX cannot use them: running as one "
-                    "process on JAX's default backend. Install it with `pip install 'jax[tpu]'`.")
+    logging.warning(
+      "TPU chips are attached but libtpu is not installed, so JAX cannot use them: running as one "
+      "process on JAX's default backend. Install it with `pip install 'jax[tpu]'`."
+    )
     return False
   return True
 

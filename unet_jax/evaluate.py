@@ -36,16 +36,18 @@ def config_with_overrides(config: ml_collections.ConfigDict, overrides: Mapping[
   refused = sorted(key for key in overrides if not key.startswith(OVERRIDABLE_PREFIXES))
   if refused:
     raise errors.ConfigError(
-        f"--config.{refused[0]} cannot change for an evaluation: the model and training settings are the run's. Only "
-        f"--config.data.*, --config.batch_size and the test-time augmentation (--config.eval_flip_average, "
-        f"--config.eval_scales) can (e.g. --config.data.eval_split=train).")
+      f"--config.{refused[0]} cannot change for an evaluation: the model and training settings are the run's. Only "
+      f"--config.data.*, --config.batch_size and the test-time augmentation (--config.eval_flip_average, "
+      f"--config.eval_scales) can (e.g. --config.data.eval_split=train)."
+    )
   config = ml_collections.ConfigDict(config.to_dict())
   config.update_from_flattened_dict(dict(overrides))
   return config
 
 
-def evaluate_checkpoint(workdir: str, checkpoint: str | int = "latest",
-                        overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(
+  workdir: str, checkpoint: str | int = "latest", overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
   """The trainer's eval metrics of one checkpoint, plus its step, split and confusion matrix."""
   config = None
   if overrides:
@@ -54,8 +56,13 @@ def evaluate_checkpoint(workdir: str, checkpoint: str | int = "latest",
   run = checkpointing.load_run(workdir, checkpoint, config)
   data.check_global_batch_size(run.config.batch_size)
   metrics = evaluation.Evaluator(run.config, run.model, run.mesh).run(run.state).metrics
-  return {"step": run.step, "split": run.config.data.eval_split, "dataset": run.config.data.name,
-          "overrides": dict(overrides or {}), **metrics}
+  return {
+    "step": run.step,
+    "split": run.config.data.eval_split,
+    "dataset": run.config.data.name,
+    "overrides": dict(overrides or {}),
+    **metrics,
+  }
 
 
 def _json_safe(value: Any) -> Any:
@@ -77,18 +84,25 @@ def format_table(metrics: Mapping[str, Any]) -> str:
   confusion = np.asarray(metrics["confusion_matrix"], np.int64)
   classes = range(len(confusion))
   overrides = "".join(f", {key}={value}" for key, value in sorted(metrics["overrides"].items()))
-  lines = [f"Step {metrics['step']}, split {metrics['split']!r} of {metrics['dataset']!r}{overrides}",
-           f"  loss            {metrics['loss']:.4f}",
-           f"  pixel accuracy  {metrics['pixel_accuracy']:.4f}",
-           f"  mean IoU        {metrics['mean_iou']:.4f}",
-           "",
-           "  class       IoU    Dice  pixels (true)"]
+  lines = [
+    f"Step {metrics['step']}, split {metrics['split']!r} of {metrics['dataset']!r}{overrides}",
+    f"  loss            {metrics['loss']:.4f}",
+    f"  pixel accuracy  {metrics['pixel_accuracy']:.4f}",
+    f"  mean IoU        {metrics['mean_iou']:.4f}",
+    "",
+    "  class       IoU    Dice  pixels (true)",
+  ]
   for index in classes:
-    lines.append(f"  {index:>5}  {metrics['iou_per_class'][index]:>8.4f}  {metrics['dice_per_class'][index]:>6.4f}"
-                 f"  {confusion[index].sum():>13,}")
+    lines.append(
+      f"  {index:>5}  {metrics['iou_per_class'][index]:>8.4f}  {metrics['dice_per_class'][index]:>6.4f}"
+      f"  {confusion[index].sum():>13,}"
+    )
   width = max(len(f"{count:,}") for count in confusion.reshape(-1).tolist() + [0])
-  lines += ["", "  Confusion matrix (pixels; rows: true class, columns: predicted class)",
-            "  true\\pred " + " ".join(f"{index:>{width}}" for index in classes)]
+  lines += [
+    "",
+    "  Confusion matrix (pixels; rows: true class, columns: predicted class)",
+    "  true\\pred " + " ".join(f"{index:>{width}}" for index in classes),
+  ]
   for index in classes:
     lines.append(f"  {index:>9} " + " ".join(f"{count:>{width},}" for count in confusion[index]))
   return "\n".join(lines)
@@ -113,8 +127,10 @@ def main(argv: Sequence[str]) -> None:
   distributed.initialize()
   options = flags.FLAGS
   workdir = paths.resolve(options.workdir)
-  overrides = {field: cli.resolve_path_field(field, value)
-               for field, value in config_flags.get_override_values(options["config"]).items()}
+  overrides = {
+    field: cli.resolve_path_field(field, value)
+    for field, value in config_flags.get_override_values(options["config"]).items()
+  }
   metrics = evaluate_checkpoint(workdir, options.checkpoint, overrides)
   if jax.process_index() != 0:
     return
@@ -124,15 +140,22 @@ def main(argv: Sequence[str]) -> None:
 
 def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "The training run's --workdir.")
-  flags.DEFINE_string("checkpoint", "latest", f"Which checkpoint: {checkpointing.CHECKPOINT_CHOICES} (by eval mean IoU).")
+  flags.DEFINE_string(
+    "checkpoint", "latest", f"Which checkpoint: {checkpointing.CHECKPOINT_CHOICES} (by eval mean IoU)."
+  )
   flags.DEFINE_bool("json", False, "Print the metrics as JSON instead of the table.")
   # The defaults only define which fields exist; the run's own config.json supplies the values. The flag applies its
   # --config.* overrides as it is defined: an unknown field is a one-line error before ml_collections' KeyError.
   fields = default_config.get_config()
   cli.check_overrides(fields, sys.argv)
-  config_flags.DEFINE_config_dict("config", fields, "Changes to the run's config for this evaluation: "
-                                  "--config.data.*, --config.batch_size, --config.eval_flip_average and "
-                                  "--config.eval_scales only.", lock_config=True)
+  config_flags.DEFINE_config_dict(
+    "config",
+    fields,
+    "Changes to the run's config for this evaluation: "
+    "--config.data.*, --config.batch_size, --config.eval_flip_average and "
+    "--config.eval_scales only.",
+    lock_config=True,
+  )
   flags.mark_flags_as_required(["workdir"])
 
 

@@ -35,10 +35,14 @@ def to_tf_module(predictor: predict.Predictor, platforms: Sequence[str] = ("cpu"
   if predictor.keep_size:
     raise ValueError("The SavedModel resizes to the model's training size; export a Predictor with keep_size=False.")
   size = predictor.image_size
-  logits_fn = jax2tf.convert(functools.partial(predict.model_logits, predictor.model, predictor.normalization,
-                                               predictor.flip_average, predictor.scales),
-                             polymorphic_shapes=[None, f"(b, {size}, {size}, 3)"], with_gradient=False,
-                             native_serialization_platforms=tuple(platforms))
+  logits_fn = jax2tf.convert(
+    functools.partial(
+      predict.model_logits, predictor.model, predictor.normalization, predictor.flip_average, predictor.scales
+    ),
+    polymorphic_shapes=[None, f"(b, {size}, {size}, 3)"],
+    with_gradient=False,
+    native_serialization_platforms=tuple(platforms),
+  )
   module = tf.Module()
   # Variables (not constants folded into the graph): the SavedModel stores the weights once, as checkpoint files.
   module.weights = jax.tree.map(lambda x: tf.Variable(x, trainable=False), jax.device_get(predictor.variables))
@@ -53,8 +57,9 @@ def to_tf_module(predictor: predict.Predictor, platforms: Sequence[str] = ("cpu"
   return module
 
 
-def export_saved_model(predictor: predict.Predictor, directory: str,
-                       platforms: Sequence[str] = ("cpu", "cuda")) -> None:
+def export_saved_model(
+  predictor: predict.Predictor, directory: str, platforms: Sequence[str] = ("cpu", "cuda")
+) -> None:
   """Writes `to_tf_module(predictor, platforms)` as a SavedModel with the signature `SIGNATURE_KEY`.
 
   Args:
@@ -73,16 +78,18 @@ def main(argv: Sequence[str]) -> None:
   output = paths.resolve(options.output)
   predictor = predict.Predictor.from_workdir(paths.resolve(options.workdir), options.checkpoint)
   export_saved_model(predictor, output, options.platforms)
-  print(f"Wrote {output}: signature {SIGNATURE_KEY!r} maps uint8 images [N, H, W, 3] to int32 masks "
-        f"[N, H, W].")
+  print(f"Wrote {output}: signature {SIGNATURE_KEY!r} maps uint8 images [N, H, W, 3] to int32 masks [N, H, W].")
 
 
 def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "The training run's --workdir.")
   flags.DEFINE_string("checkpoint", "latest", f"Which checkpoint: {checkpointing.CHECKPOINT_CHOICES}.")
   flags.DEFINE_string("output", None, "The SavedModel directory to write (e.g. WORKDIR/saved_model).")
-  flags.DEFINE_list("platforms", ["cpu", "cuda"], "Platforms the exported model runs on (jax2tf "
-                    "native_serialization_platforms: cpu, cuda, rocm, tpu).")
+  flags.DEFINE_list(
+    "platforms",
+    ["cpu", "cuda"],
+    "Platforms the exported model runs on (jax2tf native_serialization_platforms: cpu, cuda, rocm, tpu).",
+  )
   flags.mark_flags_as_required(["workdir", "output"])
 
 

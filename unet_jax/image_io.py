@@ -33,9 +33,15 @@ _UINT16_TO_UINT8 = 257  # 65535 / 255: maps the full 16-bit range onto the full 
 _RESAMPLED_MODES = ("RGB", "L", "F", *_WIDE_INTEGER_MODES)
 
 # EXIF orientation -> the transpose that shows the image upright, as `ImageOps.exif_transpose` applies it.
-_ORIENTATION_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-                          4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-                          6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+_ORIENTATION_TRANSPOSE = {
+  2: Image.Transpose.FLIP_LEFT_RIGHT,
+  3: Image.Transpose.ROTATE_180,
+  4: Image.Transpose.FLIP_TOP_BOTTOM,
+  5: Image.Transpose.TRANSPOSE,
+  6: Image.Transpose.ROTATE_270,
+  7: Image.Transpose.TRANSVERSE,
+  8: Image.Transpose.ROTATE_90,
+}
 
 # 16.8 MP (4096 x 4096): above a 12 MP phone photo and a 4K frame, which are read whole. Predicting a file of this size
 # takes ~0.6 GB beyond the program's own (measured, 3 classes; most of it the float32 logits resized to the image, 4
@@ -72,8 +78,10 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
   if np.issubdtype(image.dtype, np.floating):
     low, high = float(np.min(image)), float(np.max(image))
     if not (0.0 <= low and high <= 1.0):
-      raise ValueError(f"A float image must hold values in [0, 1]; this one spans [{low:g}, {high:g}]. Pass uint8 "
-                       f"(0..255) or divide by the maximum first.")
+      raise ValueError(
+        f"A float image must hold values in [0, 1]; this one spans [{low:g}, {high:g}]. Pass uint8 "
+        f"(0..255) or divide by the maximum first."
+      )
     return np.round(image * 255.0).astype(np.uint8)
   raise ValueError(f"Unsupported image dtype {image.dtype}; pass uint8, uint16, bool or float in [0, 1].")
 
@@ -107,8 +115,9 @@ def read_image(path: str | pathlib.Path, max_pixels: float | None = None) -> np.
   return read_image_and_size(path, max_pixels)[0]
 
 
-def read_image_and_size(path: str | pathlib.Path,
-                        max_pixels: float | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+def read_image_and_size(
+  path: str | pathlib.Path, max_pixels: float | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
   """`read_image`'s array and the (height, width) of the file's upright image, which it exceeds if downscaled."""
   max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
   try:
@@ -118,8 +127,13 @@ def read_image_and_size(path: str | pathlib.Path,
         frames = getattr(image, "n_frames", 1)
         # MPO: a camera JPEG whose extra frames are previews, gain maps or stereo views of the first.
         if frames > 1 and image.format != "MPO":
-          logging.warning("%s holds %d frames (an animation or a multi-page file): predicting its first frame of %d; "
-                          "save the others as separate images to predict them.", path, frames, frames)
+          logging.warning(
+            "%s holds %d frames (an animation or a multi-page file): predicting its first frame of %d; "
+            "save the others as separate images to predict them.",
+            path,
+            frames,
+            frames,
+          )
         width, height = image.size
         if height * width <= max_pixels:
           image.load()  # PIL reads lazily: a truncated file fails here, inside the try.
@@ -129,8 +143,10 @@ def read_image_and_size(path: str | pathlib.Path,
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
     hint = ""
     if isinstance(error, Image.DecompressionBombError):
-      hint = (" (PIL's decompression-bomb guard: downscale the file first, or raise PIL.Image.MAX_IMAGE_PIXELS if "
-              "you trust it)")
+      hint = (
+        " (PIL's decompression-bomb guard: downscale the file first, or raise PIL.Image.MAX_IMAGE_PIXELS if "
+        "you trust it)"
+      )
     raise ImageReadError(f"Cannot read {path} as an image: {error}{hint}") from error
 
 
@@ -142,8 +158,9 @@ def _quiet_bomb_warning(max_pixels: float) -> None:
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
-def _read_downscaled(path: str | pathlib.Path, image: Image.Image, height: int, width: int,
-                     max_pixels: float) -> tuple[np.ndarray, tuple[int, int]]:
+def _read_downscaled(
+  path: str | pathlib.Path, image: Image.Image, height: int, width: int, max_pixels: float
+) -> tuple[np.ndarray, tuple[int, int]]:
   target_height, target_width = bounded_size(height, width, max_pixels)
   image.draft(None, (target_width, target_height))  # JPEG: decodes at the coarsest scale still >= the target.
   image.load()
@@ -152,12 +169,24 @@ def _read_downscaled(path: str | pathlib.Path, image: Image.Image, height: int, 
   # The file's own orientation (exif_transpose of the resized copy would miss a TIFF's, which PIL reads from the file).
   transpose = _ORIENTATION_TRANSPOSE.get(image.getexif().get(ExifTags.Base.Orientation, 1))
   rgb = _pil_to_rgb(reduced if transpose is None else reduced.transpose(transpose))
-  turned = transpose in (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Image.Transpose.TRANSVERSE,
-                         Image.Transpose.ROTATE_90)
+  turned = transpose in (
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.TRANSVERSE,
+    Image.Transpose.ROTATE_90,
+  )
   original = (width, height) if turned else (height, width)
-  logging.warning("%s is %dx%d = %s pixels, over the limit of %s (unet_jax.image_io.MAX_PIXELS): read downscaled to "
-                  "%dx%d, aspect ratio kept.", path, original[1], original[0], f"{height * width:,}",
-                  f"{int(max_pixels):,}", rgb.shape[1], rgb.shape[0])
+  logging.warning(
+    "%s is %dx%d = %s pixels, over the limit of %s (unet_jax.image_io.MAX_PIXELS): read downscaled to "
+    "%dx%d, aspect ratio kept.",
+    path,
+    original[1],
+    original[0],
+    f"{height * width:,}",
+    f"{int(max_pixels):,}",
+    rgb.shape[1],
+    rgb.shape[0],
+  )
   return rgb, original
 
 
@@ -171,8 +200,9 @@ def upscale_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def image_extensions() -> frozenset[str]:
   """File extensions PIL can open (".png", ".jpg", ...): what a directory search picks up."""
-  return frozenset(extension for extension, format_name in Image.registered_extensions().items()
-                   if format_name in Image.OPEN)
+  return frozenset(
+    extension for extension, format_name in Image.registered_extensions().items() if format_name in Image.OPEN
+  )
 
 
 def find_images(paths: Sequence[str | pathlib.Path]) -> list[tuple[pathlib.Path, pathlib.Path]]:
@@ -189,8 +219,11 @@ def find_images(paths: Sequence[str | pathlib.Path]) -> list[tuple[pathlib.Path,
   found = []
   for path in map(pathlib.Path, paths):
     if path.is_dir():
-      found += [(file, file.relative_to(path).with_suffix("")) for file in sorted(path.rglob("*"))
-                if file.is_file() and file.suffix.lower() in extensions]
+      found += [
+        (file, file.relative_to(path).with_suffix(""))
+        for file in sorted(path.rglob("*"))
+        if file.is_file() and file.suffix.lower() in extensions
+      ]
     else:
       found.append((path, pathlib.Path(path.stem)))
   return found
@@ -201,8 +234,10 @@ def check_unique_names(names: Iterable[tuple[pathlib.Path, pathlib.Path]]) -> No
   seen: dict[pathlib.Path, pathlib.Path] = {}
   for file, name in names:
     if name in seen:
-      raise errors.ConfigError(f"{seen[name]} and {file} would both write outputs named {name}: rename one of "
-                               f"them or predict them in separate runs.")
+      raise errors.ConfigError(
+        f"{seen[name]} and {file} would both write outputs named {name}: rename one of "
+        f"them or predict them in separate runs."
+      )
     seen[name] = file
 
 
@@ -229,8 +264,9 @@ def overlay(image: np.ndarray, mask: np.ndarray, colors: np.ndarray, opacity: fl
   rows = max(1, _OVERLAY_BLOCK_PIXELS // image.shape[1])
   for start in range(0, image.shape[0], rows):
     block = slice(start, start + rows)
-    blended[block] = np.round((1.0 - opacity) * image[block].astype(np.float32)
-                              + opacity * colors[mask[block]].astype(np.float32))
+    blended[block] = np.round(
+      (1.0 - opacity) * image[block].astype(np.float32) + opacity * colors[mask[block]].astype(np.float32)
+    )
   return blended
 
 

@@ -38,19 +38,31 @@ def free_port() -> int:
     return sock.getsockname()[1]
 
 
-def process_env(process_id: int, num_processes: int, local_devices: int, port: int,
-                base: Mapping[str, str] | None = None) -> dict[str, str]:
+def process_env(
+  process_id: int, num_processes: int, local_devices: int, port: int, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
   """The environment of one rehearsal process: `base` (default: ours) plus what a cluster scheduler would set."""
   env = dict(os.environ if base is None else base)
-  env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(local_devices),
-             JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(num_processes),
-             JAX_PROCESS_ID=str(process_id))
+  env.update(
+    JAX_PLATFORMS="cpu",
+    JAX_NUM_CPU_DEVICES=str(local_devices),
+    JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+    JAX_NUM_PROCESSES=str(num_processes),
+    JAX_PROCESS_ID=str(process_id),
+  )
   return env
 
 
-def launch(command: Sequence[str], *, num_processes: int, local_devices: int = 1, port: int = 0,
-           timeout_s: float | None = None, echo: bool = True,
-           env: Mapping[str, str] | None = None) -> list[ProcessResult]:
+def launch(
+  command: Sequence[str],
+  *,
+  num_processes: int,
+  local_devices: int = 1,
+  port: int = 0,
+  timeout_s: float | None = None,
+  echo: bool = True,
+  env: Mapping[str, str] | None = None,
+) -> list[ProcessResult]:
   """Runs `command` as `num_processes` cooperating JAX processes and waits for all of them.
 
   `env` is the environment every process starts from (default: this process's), before the launcher's variables.
@@ -60,12 +72,21 @@ def launch(command: Sequence[str], *, num_processes: int, local_devices: int = 1
   if num_processes < 1 or local_devices < 1:
     raise ValueError(f"num_processes={num_processes} and local_devices={local_devices} must both be >= 1.")
   port = port or free_port()
-  procs = [subprocess.Popen(list(command), env=process_env(i, num_processes, local_devices, port, env),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-           for i in range(num_processes)]
+  procs = [
+    subprocess.Popen(
+      list(command),
+      env=process_env(i, num_processes, local_devices, port, env),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      bufsize=1,
+    )
+    for i in range(num_processes)
+  ]
   outputs: list[list[str]] = [[] for _ in procs]
-  pumps = [threading.Thread(target=_pump, args=(proc, i, outputs[i], echo), daemon=True)
-           for i, proc in enumerate(procs)]
+  pumps = [
+    threading.Thread(target=_pump, args=(proc, i, outputs[i], echo), daemon=True) for i, proc in enumerate(procs)
+  ]
   for pump in pumps:
     pump.start()
 
@@ -86,8 +107,9 @@ def launch(command: Sequence[str], *, num_processes: int, local_devices: int = 1
   results = [ProcessResult(i, proc.returncode, "".join(outputs[i])) for i, proc in enumerate(procs)]
   if timed_out:
     tails = "\n".join(f"--- process {r.process_id} (last lines) ---\n{_tail(r.output)}" for r in results)
-    raise TimeoutError(f"{num_processes} processes of {' '.join(command)} did not finish in {timeout_s} s; "
-                       f"all were stopped.\n{tails}")
+    raise TimeoutError(
+      f"{num_processes} processes of {' '.join(command)} did not finish in {timeout_s} s; all were stopped.\n{tails}"
+    )
   return results
 
 
@@ -116,8 +138,9 @@ def _tail(text: str, lines: int = 20) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                   usage="python -m unet_jax.launch_local [options] -- TRAINER_ARGS...")
+  parser = argparse.ArgumentParser(
+    description=__doc__.split("\n")[0], usage="python -m unet_jax.launch_local [options] -- TRAINER_ARGS..."
+  )
   parser.add_argument("--num_processes", type=int, default=2)
   parser.add_argument("--local_devices", type=int, default=1, help="simulated CPU devices per process")
   parser.add_argument("--port", type=int, default=0, help="coordinator port on localhost (0: pick a free one)")
@@ -126,8 +149,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("trainer_args", nargs=argparse.REMAINDER, help="after --: passed to the module")
   args = parser.parse_args(argv)
   trainer_args = args.trainer_args[1:] if args.trainer_args[:1] == ["--"] else args.trainer_args
-  results = launch([sys.executable, "-m", args.module, *trainer_args], num_processes=args.num_processes,
-                   local_devices=args.local_devices, port=args.port, timeout_s=args.timeout_s)
+  results = launch(
+    [sys.executable, "-m", args.module, *trainer_args],
+    num_processes=args.num_processes,
+    local_devices=args.local_devices,
+    port=args.port,
+    timeout_s=args.timeout_s,
+  )
   failed = [r for r in results if r.returncode != 0]
   for r in failed:
     print(f"process {r.process_id} exited with {r.returncode}", file=sys.stderr)

@@ -32,8 +32,9 @@ def dice_loss(logits: jax.Array, labels: jax.Array, smooth: float = 1.0) -> jax.
   return 1.0 - ((2.0 * intersection + smooth) / (sizes + smooth)).mean(axis=-1)
 
 
-def segmentation_loss(logits: jax.Array, labels: jax.Array, *, class_weights: Sequence[float] = (),
-                      dice_weight: float = 0.0) -> jax.Array:
+def segmentation_loss(
+  logits: jax.Array, labels: jax.Array, *, class_weights: Sequence[float] = (), dice_weight: float = 0.0
+) -> jax.Array:
   """Per-example loss [N]: cross-entropy plus `dice_weight` times the Dice loss."""
   loss = cross_entropy(logits, labels, class_weights)
   if dice_weight:

@@ -23,7 +23,6 @@ TENSORBOARD_DIR = "tensorboard"
 
 
 class MetricWriter:
-
   def __init__(self, workdir: str, *, enabled: bool):
     self._enabled = enabled
     if enabled:

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def confusion_matrix(labels: jax.Array, predictions: jax.Array, num_classes: int,
-                     weights: jax.Array | None = None) -> jax.Array:
+def confusion_matrix(
+  labels: jax.Array, predictions: jax.Array, num_classes: int, weights: jax.Array | None = None
+) -> jax.Array:
   """int32 [num_classes, num_classes] counts, rows = true class, columns = predicted class.
 
   Args:
@@ -42,8 +43,8 @@ def segmentation_metrics(confusion: np.ndarray) -> dict[str, float | list[float]
     pixel_accuracy = true_positives.sum() / confusion.sum() if confusion.sum() > 0 else np.nan
   present = ~np.isnan(iou)
   return {
-      "pixel_accuracy": float(pixel_accuracy),
-      "mean_iou": float(iou[present].mean()) if present.any() else float("nan"),
-      "iou_per_class": [float(x) for x in iou],
-      "dice_per_class": [float(x) for x in dice],
+    "pixel_accuracy": float(pixel_accuracy),
+    "mean_iou": float(iou[present].mean()) if present.any() else float("nan"),
+    "iou_per_class": [float(x) for x in iou],
+    "dice_per_class": [float(x) for x in dice],
   }

@@ -13,7 +13,6 @@ a logged warning; a larger array given to `Predictor` gets its logits resized to
 upscaled the same way. `keep_size` predicts at full resolution, so it refuses such an image (`errors.ConfigError`).
 """
 
-import contextlib
 import dataclasses
 import math
 import pathlib
@@ -23,20 +22,23 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import ml_collections
 import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
-from etils import epath
 from tqdm import tqdm
 
-from unet_jax import checkpointing, cli, data, errors, image_io, paths, sharding, train_state
+from unet_jax import checkpointing, cli, data, errors, image_io, paths
 from unet_jax.models.unet import INPUT_MULTIPLE, inference_logits
 
 
-
-def model_logits(model: nn.Module, normalization: str, flip_average: bool, scales: tuple[float, ...],
-                 variables: dict[str, Any], images: jax.Array) -> jax.Array:
+def model_logits(
+  model: nn.Module,
+  normalization: str,
+  flip_average: bool,
+  scales: tuple[float, ...],
+  variables: dict[str, Any],
+  images: jax.Array,
+) -> jax.Array:
   """float32 logits [N, h, w, C] of float32 images [N, h, w, 3] in 0..255 (h, w multiples of 32)."""
   return inference_logits(model, variables, data.normalize_image(images, normalization), flip_average, scales)
 
@@ -67,6 +69,7 @@ class Predictor:
     keep_size: predict at each image's own size (padded by reflection to a multiple of 32) instead of resizing.
     flip_average, scales: the test-time augmentation, as the run's eval did it.
   """
+
   model: nn.Module
   variables: dict[str, Any]  # {"params", "batch_stats"}
   image_size: int
@@ -99,19 +102,27 @@ class Predictor:
   def from_run(cls, run: checkpointing.TrainedRun, **options) -> "Predictor":
     # One device: a single image gains nothing from the data-parallel mesh the run was restored on. A local one: in
     # a multi-process run, jax.devices()[0] belongs to process 0 and the others cannot place arrays on it.
-    variables = jax.device_put({"params": run.state.params, "batch_stats": run.state.batch_stats},
-                               jax.local_devices()[0])
+    variables = jax.device_put(
+      {"params": run.state.params, "batch_stats": run.state.batch_stats}, jax.local_devices()[0]
+    )
     options = {"flip_average": run.config.eval_flip_average, "scales": tuple(run.config.eval_scales), **options}
-    return cls(run.model, variables, run.config.data.image_size, run.config.data.normalization,
-               run.config.model.num_classes, **options)
+    return cls(
+      run.model,
+      variables,
+      run.config.data.image_size,
+      run.config.data.normalization,
+      run.config.model.num_classes,
+      **options,
+    )
 
   def check_size(self, height: int, width: int, name: str = "An image") -> None:
     """With `keep_size`, an image over `image_io.MAX_PIXELS` is an error: at full resolution it would exhaust memory."""
     if self.keep_size and height * width > image_io.MAX_PIXELS:
       raise errors.ConfigError(
-          f"{name} of {width}x{height} = {height * width:,} pixels is over the {image_io.MAX_PIXELS:,} that keep_size "
-          f"predicts at full resolution (image_io.MAX_PIXELS; the model's activations grow with the pixels): use "
-          f"keep_size=False (--nokeep_size), which resizes it to the model's {self.image_size} px input, or crop it.")
+        f"{name} of {width}x{height} = {height * width:,} pixels is over the {image_io.MAX_PIXELS:,} that keep_size "
+        f"predicts at full resolution (image_io.MAX_PIXELS; the model's activations grow with the pixels): use "
+        f"keep_size=False (--nokeep_size), which resizes it to the model's {self.image_size} px input, or crop it."
+      )
 
   def model_input(self, image: np.ndarray) -> np.ndarray:
     """float32 [h, w, 3] in 0..255 as the model sees the uint8 RGB `image`: resized, or padded with `keep_size`."""
@@ -124,13 +135,13 @@ class Predictor:
 
   def _masks(self, inputs: list[np.ndarray], sizes: list[tuple[int, int]], batch_size: int) -> list[np.ndarray]:
     batch = np.zeros((batch_size, *inputs[0].shape), np.float32)
-    batch[:len(inputs)] = inputs
-    logits = np.asarray(_jitted_model_logits(self.model, self.normalization, self.flip_average, self.scales,
-                                             self.variables, batch))
+    batch[: len(inputs)] = inputs
+    logits = np.asarray(
+      _jitted_model_logits(self.model, self.normalization, self.flip_average, self.scales, self.variables, batch)
+    )
     if self.keep_size:
-      return [logits[index, :height, :width].argmax(-1).astype(np.int32)
-              for index, (height, width) in enumerate(sizes)]
-    return [_mask_of_size(logits[index:index + 1], size) for index, size in enumerate(sizes)]
+      return [logits[index, :height, :width].argmax(-1).astype(np.int32) for index, (height, width) in enumerate(sizes)]
+    return [_mask_of_size(logits[index : index + 1], size) for index, size in enumerate(sizes)]
 
   def predict(self, images: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
     """One mask per image, in order, computed a batch at a time.
@@ -175,9 +186,16 @@ def _mask_of_size(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   reduced = image_io.bounded_size(*size, image_io.MAX_PIXELS)
   if reduced == tuple(size):
     return masks_from_logits(logits, size).numpy()[0]
-  logging.warning("An image of %dx%d = %s pixels is over image_io.MAX_PIXELS (%s): its mask is computed at %dx%d "
-                  "and upscaled (nearest neighbour).", size[1], size[0], f"{size[0] * size[1]:,}",
-                  f"{image_io.MAX_PIXELS:,}", reduced[1], reduced[0])
+  logging.warning(
+    "An image of %dx%d = %s pixels is over image_io.MAX_PIXELS (%s): its mask is computed at %dx%d "
+    "and upscaled (nearest neighbour).",
+    size[1],
+    size[0],
+    f"{size[0] * size[1]:,}",
+    f"{image_io.MAX_PIXELS:,}",
+    reduced[1],
+    reduced[0],
+  )
   return image_io.upscale_mask(masks_from_logits(logits, reduced).numpy()[0], size)
 
 
@@ -185,14 +203,17 @@ def find_inputs(paths: Sequence[str]) -> list[tuple[pathlib.Path, pathlib.Path]]
   """(file, output name) of every image under `paths`; an error, before any model loads, when there is none."""
   files = image_io.find_images(paths)
   if not files:
-    raise errors.InputNotFoundError(f"No image files under {', '.join(map(str, paths))}: a directory is searched "
-                                    f"recursively for the extensions PIL opens (.png, .jpg, .bmp, .tif, .webp, ...).")
+    raise errors.InputNotFoundError(
+      f"No image files under {', '.join(map(str, paths))}: a directory is searched "
+      f"recursively for the extensions PIL opens (.png, .jpg, .bmp, .tif, .webp, ...)."
+    )
   image_io.check_unique_names(files)
   return files
 
 
-def predict_files(predictor: Predictor, files: Sequence[tuple[pathlib.Path, pathlib.Path]],
-                  output: str) -> list[tuple[str, str]]:
+def predict_files(
+  predictor: Predictor, files: Sequence[tuple[pathlib.Path, pathlib.Path]], output: str
+) -> list[tuple[str, str]]:
   """Writes <name>_mask.png and <name>_overlay.png under `output` for each (file, name) of `find_inputs`.
 
   Returns the (file, reason) of each file that could not be read; those are skipped, the rest still predicted. A file
@@ -235,8 +256,9 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("Give the images to predict: files and/or directories after the flags.")
   options = flags.FLAGS
   files = find_inputs(inputs)
-  predictor = Predictor.from_workdir(paths.resolve(options.workdir), options.checkpoint,
-                                     batch_size=options.batch_size, keep_size=options.keep_size)
+  predictor = Predictor.from_workdir(
+    paths.resolve(options.workdir), options.checkpoint, batch_size=options.batch_size, keep_size=options.keep_size
+  )
   failures = predict_files(predictor, files, paths.resolve(options.output))
   if failures:
     print(f"{len(failures)} file(s) could not be read and were skipped:", file=sys.stderr)
@@ -248,11 +270,21 @@ def main(argv: Sequence[str]) -> None:
 def _define_flags() -> None:
   """Only for the program: importing this module must claim no flag names (export imports it)."""
   flags.DEFINE_string("workdir", None, "The training run's --workdir (checkpoints and config.json).")
-  flags.DEFINE_string("checkpoint", "latest", f"Which checkpoint: {checkpointing.CHECKPOINT_CHOICES} (by eval mean IoU).")
-  flags.DEFINE_string("output", None, "Folder for <name>_mask.png (class ids, with a palette) and <name>_overlay.png "
-                      "per image; sub-folders of an input directory are kept.")
-  flags.DEFINE_bool("keep_size", False, "Predict at each image's own resolution (padded to a multiple of "
-                    f"{INPUT_MULTIPLE}) instead of resizing it to the model's training size.")
+  flags.DEFINE_string(
+    "checkpoint", "latest", f"Which checkpoint: {checkpointing.CHECKPOINT_CHOICES} (by eval mean IoU)."
+  )
+  flags.DEFINE_string(
+    "output",
+    None,
+    "Folder for <name>_mask.png (class ids, with a palette) and <name>_overlay.png "
+    "per image; sub-folders of an input directory are kept.",
+  )
+  flags.DEFINE_bool(
+    "keep_size",
+    False,
+    "Predict at each image's own resolution (padded to a multiple of "
+    f"{INPUT_MULTIPLE}) instead of resizing it to the model's training size.",
+  )
   flags.DEFINE_integer("batch_size", 8, "Images per forward pass.")
   flags.mark_flags_as_required(["workdir", "output"])
 

@@ -62,8 +62,9 @@ def _keras3_layer_names() -> dict[str, list[str]]:
   return {
     "conv2d": ["Conv1"] + [name for p in prefixes for name in expand(p) + [p + "project"]] + ["Conv_1"],
     "depthwise_conv2d": [p + "depthwise" for p in prefixes],
-    "batch_normalization": ["bn_Conv1"] + [
-      name + "_BN" for p in prefixes for name in expand(p) + [p + "depthwise", p + "project"]] + ["Conv_1_bn"],
+    "batch_normalization": ["bn_Conv1"]
+    + [name + "_BN" for p in prefixes for name in expand(p) + [p + "depthwise", p + "project"]]
+    + ["Conv_1_bn"],
   }
 
 
@@ -86,7 +87,8 @@ def _read_keras3_h5(group: h5py.Group, path: os.PathLike) -> dict[str, list[np.n
     if len(stored) != len(layer_names):
       raise errors.ConfigError(
         f"{path} is a Keras 3 weights file but not of keras.applications.MobileNetV2(include_top=False): it has "
-        f"{len(stored)} '{class_name}' layers where MobileNetV2 has {len(layer_names)}.")
+        f"{len(stored)} '{class_name}' layers where MobileNetV2 has {len(layer_names)}."
+      )
     for key, layer_name in zip(stored, layer_names):
       variables = group[key]["vars"]
       layers[layer_name] = [np.asarray(variables[str(i)]) for i in range(len(variables))]
@@ -110,7 +112,8 @@ def read_keras_h5(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
       return _read_keras3_h5(group["layers"], path)
   raise errors.ConfigError(
     f"{path} is neither a legacy Keras HDF5 weight file (root attribute 'layer_names') nor a Keras 3 .weights.h5 of "
-    f"MobileNetV2; save the Keras model with `model.save_weights('weights.h5')`.")
+    f"MobileNetV2; save the Keras model with `model.save_weights('weights.h5')`."
+  )
 
 
 def _infer_alpha(layers: Mapping[str, Sequence[np.ndarray]], source: str) -> float:
@@ -119,18 +122,21 @@ def _infer_alpha(layers: Mapping[str, Sequence[np.ndarray]], source: str) -> flo
     examples = ", ".join(list(layers)[:5])
     raise errors.ConfigError(
       f"{source} does not hold Keras MobileNetV2 weights: it has no layer {_LAST_ENCODER_LAYER!r} "
-      f"(its first layers: {examples or 'none'}).")
+      f"(its first layers: {examples or 'none'})."
+    )
   channels = layers[_LAST_ENCODER_LAYER][0].shape[-1]
   by_channels = {make_divisible(int(BLOCKS[-1][1] * alpha)): alpha for alpha in KERAS_ALPHAS}
   if channels not in by_channels:
     raise errors.ConfigError(
       f"{source}: {_LAST_ENCODER_LAYER} has {channels} output channels, which matches none of Keras' MobileNetV2 "
-      f"alphas (channels -> alpha: {by_channels}).")
+      f"alphas (channels -> alpha: {by_channels})."
+    )
   return by_channels[channels]
 
 
-def mobilenet_v2_variables(layers: Mapping[str, Sequence[np.ndarray]], alpha: float | None = None,
-                           source: str = "the Keras weights") -> Variables:
+def mobilenet_v2_variables(
+  layers: Mapping[str, Sequence[np.ndarray]], alpha: float | None = None, source: str = "the Keras weights"
+) -> Variables:
   """Converts Keras MobileNetV2 layer weights to `MobileNetV2` variables.
 
   Args:
@@ -145,7 +151,8 @@ def mobilenet_v2_variables(layers: Mapping[str, Sequence[np.ndarray]], alpha: fl
   if alpha is not None and alpha != inferred:
     raise errors.ConfigError(
       f"{source} holds MobileNetV2 weights for alpha={inferred}, but alpha={alpha} was asked for: set "
-      f"model.alpha={inferred}, or use weights for alpha={alpha}.")
+      f"model.alpha={inferred}, or use weights for alpha={alpha}."
+    )
   expected = jax.eval_shape(MobileNetV2(inferred).init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   params, batch_stats, problems = {}, {}, []
   for name, expected_params in expected["params"].items():
@@ -217,8 +224,9 @@ def _download(url: str, path: pathlib.Path) -> None:
       os.remove(tmp)
 
 
-def load_mobilenet_v2_imagenet(alpha: float = 1.0, rows: int = 224,
-                               cache_dir: str | os.PathLike | None = None) -> Variables:
+def load_mobilenet_v2_imagenet(
+  alpha: float = 1.0, rows: int = 224, cache_dir: str | os.PathLike | None = None
+) -> Variables:
   """Keras' ImageNet MobileNetV2 (no top) as `MobileNetV2` variables.
 
   Reuses the file Keras caches (so a user who ran the TF tutorial has it already), else downloads it from Keras'
@@ -245,7 +253,8 @@ def load_mobilenet_v2_imagenet(alpha: float = 1.0, rows: int = 224,
     raise WeightsUnavailableError(
       f"The ImageNet MobileNetV2 weights {name} are not cached ({', '.join(map(str, cache_dirs))}) and downloading "
       f"{url} failed: {error}. Without network access, fetch that file elsewhere and put it at {path} (where Keras "
-      f"also looks), or set model.pretrained to a Keras .h5 path, or to \"\" to train from scratch.") from error
+      f'also looks), or set model.pretrained to a Keras .h5 path, or to "" to train from scratch.'
+    ) from error
   return mobilenet_v2_variables_from_h5(path, alpha=alpha)
 
 
@@ -275,13 +284,15 @@ def unet_variables_from_keras(keras_model: Any) -> Variables:
   layers = list(_leaf_layers(keras_model))
   encoder = mobilenet_v2_variables({layer.name: layer.get_weights() for layer in layers}, source=keras_model.name)
   transposes = [layer for layer in layers if type(layer).__name__ == "Conv2DTranspose"]
-  decoder_norms = [layer for layer in layers
-                   if type(layer).__name__ == "BatchNormalization" and layer.name not in encoder["params"]]
+  decoder_norms = [
+    layer for layer in layers if type(layer).__name__ == "BatchNormalization" and layer.name not in encoder["params"]
+  ]
   if not transposes or len(transposes) - 1 != len(decoder_norms) or len(transposes[-1].get_weights()) != 2:
     raise errors.ConfigError(
       f"{keras_model.name} is not the tutorial's U-Net: expected upsample blocks of Conv2DTranspose(use_bias=False) + "
       f"BatchNormalization and a last Conv2DTranspose with bias; found {len(transposes)} Conv2DTranspose and "
-      f"{len(decoder_norms)} decoder BatchNormalization layers.")
+      f"{len(decoder_norms)} decoder BatchNormalization layers."
+    )
   *blocks, last = transposes
   params, batch_stats = {"encoder": encoder["params"]}, {"encoder": encoder["batch_stats"]}
   for index, (conv, norm) in enumerate(zip(blocks, decoder_norms)):

@@ -63,34 +63,51 @@ def summarize(config: ml_collections.ConfigDict) -> ModelSummary:
   variables = jax.eval_shape(init)
   params, statistics = variables["params"], variables.get("batch_stats", {})
   encoder_frozen = not train_state.encoder_trains(config, 0)
-  stages = tuple(Stage(name, _count(params[name]) + _count(statistics.get(name, {})),
-                       0 if encoder_frozen and name == train_state.ENCODER else _count(params[name]))
-                 for name in call_order)
+  stages = tuple(
+    Stage(
+      name,
+      _count(params[name]) + _count(statistics.get(name, {})),
+      0 if encoder_frozen and name == train_state.ENCODER else _count(params[name]),
+    )
+    for name in call_order
+  )
   total = _count(variables)
   trainable = sum(stage.trainable for stage in stages)
   notes = []
   if encoder_frozen:
-    notes.append(f"The {train_state.ENCODER}'s {_count(params[train_state.ENCODER]):,} params are frozen" + (
-        f" until step {config.unfreeze_at_step}." if config.unfreeze_at_step >= 0 else "."))
+    notes.append(
+      f"The {train_state.ENCODER}'s {_count(params[train_state.ENCODER]):,} params are frozen"
+      + (f" until step {config.unfreeze_at_step}." if config.unfreeze_at_step >= 0 else ".")
+    )
   notes.append(f"Non-trainable includes {_count(statistics):,} BatchNorm statistics.")
-  title = (f"UNet(alpha={config.model.alpha}, num_classes={config.model.num_classes}, "
-           f"upsample={config.model.upsample!r}) at {config.data.image_size}x{config.data.image_size} px")
+  title = (
+    f"UNet(alpha={config.model.alpha}, num_classes={config.model.num_classes}, "
+    f"upsample={config.model.upsample!r}) at {config.data.image_size}x{config.data.image_size} px"
+  )
   return ModelSummary(title, stages, total, trainable, total - trainable, tuple(notes))
 
 
 def stage_table(config: ml_collections.ConfigDict) -> str:
   """`nn.tabulate` of the model one level deep: a row per stage with its input and output shapes (batch size 1)."""
   model, images = _model_and_images(config)
-  table = model.tabulate(jax.random.key(0), images, train=False, depth=1,
-                         console_kwargs={"force_terminal": False, "width": TABLE_WIDTH})
+  table = model.tabulate(
+    jax.random.key(0), images, train=False, depth=1, console_kwargs={"force_terminal": False, "width": TABLE_WIDTH}
+  )
   return "\n".join(line.rstrip() for line in table.strip("\n").splitlines())
 
 
 def format_summary(summary: ModelSummary, table: str) -> str:
-  return "\n".join([
-      summary.title, table, "",
-      f"Total params: {summary.total:,}", f"Trainable params: {summary.trainable:,}",
-      f"Non-trainable params: {summary.non_trainable:,}", *summary.notes])
+  return "\n".join(
+    [
+      summary.title,
+      table,
+      "",
+      f"Total params: {summary.total:,}",
+      f"Trainable params: {summary.trainable:,}",
+      f"Non-trainable params: {summary.non_trainable:,}",
+      *summary.notes,
+    ]
+  )
 
 
 def main(argv: Sequence[str]) -> None:
@@ -102,8 +119,9 @@ def main(argv: Sequence[str]) -> None:
 
 def _define_flags() -> None:
   """Only for the program, as the trainer's: importing a module must claim no flag names."""
-  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pets.py; override fields with "
-                                  "--config.field=value.", lock_config=True)
+  config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/pets.py; override fields with --config.field=value.", lock_config=True
+  )
   flags.mark_flags_as_required(["config"])
 
 

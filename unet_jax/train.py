@@ -48,10 +48,18 @@ def main(argv: list[str]) -> None:
 def define_flags() -> None:
   """The trainer's flags, defined only when this module runs as a program (importing a module claims no flag
   names)."""
-  config_flags.DEFINE_config_file("config", None, "Config file (a get_config() module), e.g. configs/pets.py; "
-                                  "override fields with --config.field=value.", lock_config=True)
-  flags.DEFINE_string("workdir", "", "Where checkpoints, metrics and figures go (local or gs://). An existing "
-                      "workdir resumes from its latest checkpoint. Default: a new runs/<config>-<time>.")
+  config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Config file (a get_config() module), e.g. configs/pets.py; override fields with --config.field=value.",
+    lock_config=True,
+  )
+  flags.DEFINE_string(
+    "workdir",
+    "",
+    "Where checkpoints, metrics and figures go (local or gs://). An existing "
+    "workdir resumes from its latest checkpoint. Default: a new runs/<config>-<time>.",
+  )
   # Multi-process runs (GPU clusters, CPU rehearsals); each falls back to its JAX_* environment variable, and Cloud
   # TPU VMs and single-process runs need none of them.
   flags.DEFINE_string("coordinator_address", "", "HOST:PORT of process 0 (default: $JAX_COORDINATOR_ADDRESS).")

@@ -37,13 +37,20 @@ class TrainState:
 
 def create_model(model_config: ml_collections.ConfigDict) -> UNet:
   if model_config.dtype not in DTYPES:
-    raise errors.ConfigError(f"config.model.dtype={model_config.dtype!r} is not supported; use one of "
-                             f"{sorted(DTYPES)}.")
-  return UNet(num_classes=model_config.num_classes, alpha=model_config.alpha,
-              decoder_filters=tuple(model_config.decoder_filters), upsample=model_config.upsample,
-              dropout_rate=model_config.dropout_rate, freeze_encoder=model_config.freeze_encoder,
-              dtype=DTYPES[model_config.dtype], conv_impl=model_config.conv_impl,
-              bn_momentum=model_config.bn_momentum if model_config.bn_momentum > 0 else None)
+    raise errors.ConfigError(
+      f"config.model.dtype={model_config.dtype!r} is not supported; use one of {sorted(DTYPES)}."
+    )
+  return UNet(
+    num_classes=model_config.num_classes,
+    alpha=model_config.alpha,
+    decoder_filters=tuple(model_config.decoder_filters),
+    upsample=model_config.upsample,
+    dropout_rate=model_config.dropout_rate,
+    freeze_encoder=model_config.freeze_encoder,
+    dtype=DTYPES[model_config.dtype],
+    conv_impl=model_config.conv_impl,
+    bn_momentum=model_config.bn_momentum if model_config.bn_momentum > 0 else None,
+  )
 
 
 def load_encoder_variables(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
@@ -64,13 +71,20 @@ def _check_encoder_shapes(model_variables: Mapping[str, Any], loaded: Mapping[st
   got = jax.tree.map(jnp.shape, loaded)
   if expected != got:
     raise errors.ConfigError(
-        f"The pretrained encoder from {source!r} does not fit this model's MobileNetV2 (shapes differ; is "
-        f"config.model.alpha the alpha the weights were trained with?). Set config.model.alpha to match the weights, "
-        f"or config.model.pretrained='' for a random init.")
+      f"The pretrained encoder from {source!r} does not fit this model's MobileNetV2 (shapes differ; is "
+      f"config.model.alpha the alpha the weights were trained with?). Set config.model.alpha to match the weights, "
+      f"or config.model.pretrained='' for a random init."
+    )
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, image_size: int,
-                       encoder_variables: Mapping[str, Any] | None = None, pretrained_source: str = "") -> TrainState:
+def create_train_state(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  rng: jax.Array,
+  image_size: int,
+  encoder_variables: Mapping[str, Any] | None = None,
+  pretrained_source: str = "",
+) -> TrainState:
   """Initialises the model (the encoder from `encoder_variables` when given) and the optimizer state. Pure: jit it."""
   init_rng, state_rng = jax.random.split(rng)
   variables = model.init({"params": init_rng}, jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False)
@@ -79,8 +93,9 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
     for collection, tree in (("params", params), ("batch_stats", batch_stats)):
       _check_encoder_shapes(tree[ENCODER], encoder_variables[collection], pretrained_source)
       tree[ENCODER] = jax.tree.map(jnp.asarray, encoder_variables[collection])
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=tx.init(params), rng=state_rng)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, opt_state=tx.init(params), rng=state_rng
+  )
 
 
 def encoder_trains(config: ml_collections.ConfigDict, step: int) -> bool:
@@ -94,18 +109,22 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, num_train_steps: i
       return optax.constant_schedule(config.learning_rate)
     return optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps)
   if config.lr_schedule == "cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
-                                              max(num_train_steps, config.warmup_steps + 1))
+    return optax.warmup_cosine_decay_schedule(
+      0.0, config.learning_rate, config.warmup_steps, max(num_train_steps, config.warmup_steps + 1)
+    )
   raise errors.ConfigError(f"config.lr_schedule={config.lr_schedule!r} is not supported; use one of {LR_SCHEDULES}.")
 
 
-def _optimizer(config: ml_collections.ConfigDict, learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:
+def _optimizer(
+  config: ml_collections.ConfigDict, learning_rate: optax.ScalarOrSchedule
+) -> optax.GradientTransformation:
   if config.optimizer == "adam":
     tx = optax.adam(learning_rate)
   elif config.optimizer == "adamw":
     # Decay kernels only: decaying BatchNorm scales and biases towards zero hurts and is not what AdamW papers do.
-    tx = optax.adamw(learning_rate, weight_decay=config.weight_decay,
-                     mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params))
+    tx = optax.adamw(
+      learning_rate, weight_decay=config.weight_decay, mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+    )
   elif config.optimizer == "sgd":
     tx = optax.sgd(learning_rate, momentum=0.9)
   else:
@@ -116,12 +135,15 @@ def _optimizer(config: ml_collections.ConfigDict, learning_rate: optax.ScalarOrS
 
 
 def _encoder_or_decoder(params: Mapping[str, Any]) -> dict[str, Any]:
-  return {name: jax.tree.map(lambda _, n=name: "encoder" if n == ENCODER else "decoder", subtree)
-          for name, subtree in params.items()}
+  return {
+    name: jax.tree.map(lambda _, n=name: "encoder" if n == ENCODER else "decoder", subtree)
+    for name, subtree in params.items()
+  }
 
 
-def make_optimizer(config: ml_collections.ConfigDict, num_train_steps: int, *,
-                   train_encoder: bool) -> optax.GradientTransformation:
+def make_optimizer(
+  config: ml_collections.ConfigDict, num_train_steps: int, *, train_encoder: bool
+) -> optax.GradientTransformation:
   """The decoder's optimizer; the encoder's is `set_to_zero` while frozen, its own learning rate once unfrozen.
 
   With `model.freeze_encoder=False` the whole network is one group at `learning_rate`.
@@ -148,25 +170,32 @@ def unfreeze_encoder(state: TrainState, tx: optax.GradientTransformation) -> Tra
   return state.replace(opt_state=fresh._replace(inner_states=inner_states))
 
 
-def make_init_fn(config: ml_collections.ConfigDict, model: nn.Module,
-                 tx: optax.GradientTransformation) -> Callable[..., TrainState]:
+def make_init_fn(
+  config: ml_collections.ConfigDict, model: nn.Module, tx: optax.GradientTransformation
+) -> Callable[..., TrainState]:
   """The pure function building a fresh state from the pretrained encoder variables (or None): jit it, or
   eval_shape it for the structure a checkpoint restores into."""
+
   def init(encoder_variables: Mapping[str, Any] | None = None) -> TrainState:
-    return create_train_state(model, tx, jax.random.PRNGKey(config.seed), config.data.image_size, encoder_variables,
-                              config.model.pretrained)
+    return create_train_state(
+      model, tx, jax.random.PRNGKey(config.seed), config.data.image_size, encoder_variables, config.model.pretrained
+    )
+
   return init
 
 
-def abstract_state(config: ml_collections.ConfigDict, model: nn.Module, tx: optax.GradientTransformation,
-                   mesh: jax.sharding.Mesh) -> TrainState:
+def abstract_state(
+  config: ml_collections.ConfigDict, model: nn.Module, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh
+) -> TrainState:
   """The state's shapes and dtypes, replicated on `mesh`: what a checkpoint restores into (nothing is computed).
 
   The target sharding is the current mesh's, so a checkpoint written on N devices restores on any other count.
   """
   replicated = sharding.replicated(mesh)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                      jax.eval_shape(make_init_fn(config, model, tx)))
+  return jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+    jax.eval_shape(make_init_fn(config, model, tx)),
+  )
 
 
 def state_to_restore(config: ml_collections.ConfigDict, step: int, mesh: jax.sharding.Mesh) -> TrainState:

@@ -18,19 +18,36 @@ from absl import logging
 from etils import epath
 from tqdm import tqdm
 
-from unet_jax import (checkpointing, data, distributed, errors, evaluation, losses, metric_writers, paths, sharding,
-                      train_state)
+from unet_jax import (
+  checkpointing,
+  data,
+  distributed,
+  errors,
+  evaluation,
+  losses,
+  metric_writers,
+  paths,
+  sharding,
+  train_state,
+)
 from unet_jax.models.unet import INPUT_MULTIPLE, check_test_time_scales
 from unet_jax.train_state import TrainState
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx: optax.GradientTransformation,
-               class_weights: tuple[float, ...], dice_weight: float,
-               padded_batches: bool) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  *,
+  model,
+  tx: optax.GradientTransformation,
+  class_weights: tuple[float, ...],
+  dice_weight: float,
+  padded_batches: bool,
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on the batch's real examples: rows of weight 0 (the padding of an epoch's partial batch)
   enter neither the loss nor BatchNorm's batch statistics. `padded_batches`: whether the stream pads at all
-  (data.drop_remainder=False); only then is BatchNorm handed the mask of real rows, which costs about 6% of a fully
-  trainable step on a CPU."""
+  (data.drop_remainder=False); only then is BatchNorm handed the mask of real rows, which costs time on a CPU
+  (`bench/train_step.py --padded_batches` measures it)."""
   dropout_rng = jax.random.fold_in(state.rng, state.step)
   weight = batch["weight"]
   real_examples = weight > 0 if padded_batches else None
@@ -39,26 +56,41 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx: opt
     return (values * weight).sum() / weight.sum()
 
   def loss_fn(params):
-    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-                                  real_examples=real_examples, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+    logits, updates = model.apply(
+      {"params": params, "batch_stats": state.batch_stats},
+      batch["image"],
+      train=True,
+      real_examples=real_examples,
+      mutable=["batch_stats"],
+      rngs={"dropout": dropout_rng},
+    )
     loss = losses.segmentation_loss(logits, batch["mask"], class_weights=class_weights, dice_weight=dice_weight)
     return weighted_mean(loss), (logits, updates["batch_stats"])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                        batch_stats=batch_stats, opt_state=opt_state)
+  state = state.replace(
+    step=state.step + 1, params=optax.apply_updates(state.params, updates), batch_stats=batch_stats, opt_state=opt_state
+  )
   pixel_accuracy = weighted_mean((logits.argmax(-1) == batch["mask"]).mean(axis=(1, 2)))
   return state, {"loss": loss, "pixel_accuracy": pixel_accuracy}
 
 
-def make_train_fn(config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation,
-                  mesh: jax.sharding.Mesh):
+def make_train_fn(config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh):
   """The jitted train step: state replicated and donated, batch split over the data axis."""
-  return jax.jit(functools.partial(train_step, model=model, tx=tx, class_weights=tuple(config.class_weights),
-                                   dice_weight=config.dice_weight, padded_batches=not config.data.drop_remainder),
-                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
-                 out_shardings=sharding.replicated(mesh), donate_argnums=0)
+  return jax.jit(
+    functools.partial(
+      train_step,
+      model=model,
+      tx=tx,
+      class_weights=tuple(config.class_weights),
+      dice_weight=config.dice_weight,
+      padded_batches=not config.data.drop_remainder,
+    ),
+    in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+    out_shardings=sharding.replicated(mesh),
+    donate_argnums=0,
+  )
 
 
 class DivergedError(errors.UserError, FloatingPointError):
@@ -70,10 +102,11 @@ def _check_finite(step_metrics: list[tuple[int, dict[str, np.ndarray]]], manager
   for step, values in step_metrics:
     if not np.isfinite(values["loss"]):
       raise DivergedError(
-          f"The training loss is {values['loss']} at step {step}: the run diverged and stops here. The last good "
-          f"checkpoint (step {manager.latest_step()}) in {manager.directory} is intact. Lower "
-          f"config.learning_rate or set config.grad_clip_norm, and train in a fresh --workdir (resuming this one "
-          f"starts from that checkpoint).")
+        f"The training loss is {values['loss']} at step {step}: the run diverged and stops here. The last good "
+        f"checkpoint (step {manager.latest_step()}) in {manager.directory} is intact. Lower "
+        f"config.learning_rate or set config.grad_clip_norm, and train in a fresh --workdir (resuming this one "
+        f"starts from that checkpoint)."
+      )
 
 
 def _derived_steps(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
@@ -90,24 +123,30 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   num_classes = config.model.num_classes
   if config.class_weights and len(config.class_weights) != num_classes:
     raise errors.ConfigError(
-        f"config.class_weights={tuple(config.class_weights)} has {len(config.class_weights)} values but "
-        f"config.model.num_classes={num_classes}: give one weight per class, or () for uniform.")
+      f"config.class_weights={tuple(config.class_weights)} has {len(config.class_weights)} values but "
+      f"config.model.num_classes={num_classes}: give one weight per class, or () for uniform."
+    )
   if config.batch_size <= 0:
     raise errors.ConfigError(f"config.batch_size={config.batch_size} must be positive.")
   size = config.data.image_size
   if size <= 0 or size % INPUT_MULTIPLE:
     lower = max(INPUT_MULTIPLE, size // INPUT_MULTIPLE * INPUT_MULTIPLE)
-    raise errors.ConfigError(f"config.data.image_size={size} must be a positive multiple of {INPUT_MULTIPLE} (the "
-                             f"encoder's output stride), e.g. {lower} or {lower + INPUT_MULTIPLE}.")
-  derived = {"num_train_steps": "num_epochs x steps per epoch", "eval_every_steps": "once per epoch",
-             "checkpoint_every_steps": "once per epoch"}
+    raise errors.ConfigError(
+      f"config.data.image_size={size} must be a positive multiple of {INPUT_MULTIPLE} (the "
+      f"encoder's output stride), e.g. {lower} or {lower + INPUT_MULTIPLE}."
+    )
+  derived = {
+    "num_train_steps": "num_epochs x steps per epoch",
+    "eval_every_steps": "once per epoch",
+    "checkpoint_every_steps": "once per epoch",
+  }
   for field, meaning in derived.items():
     if config[field] == 0 or config[field] < -1:
-      raise errors.ConfigError(f"config.{field}={config[field]} must be a positive number of steps, or -1 for "
-                               f"{meaning}.")
+      raise errors.ConfigError(
+        f"config.{field}={config[field]} must be a positive number of steps, or -1 for {meaning}."
+      )
   if config.num_train_steps == -1 and config.num_epochs <= 0:
-    raise errors.ConfigError(f"config.num_epochs={config.num_epochs} must be positive (or set "
-                             f"config.num_train_steps).")
+    raise errors.ConfigError(f"config.num_epochs={config.num_epochs} must be positive (or set config.num_train_steps).")
   for field in ("log_every_steps", "max_to_keep"):
     if config[field] <= 0:
       raise errors.ConfigError(f"config.{field}={config[field]} must be positive.")
@@ -124,8 +163,9 @@ def _check_writable(workdir: str) -> None:
     probe.write_text("")
     probe.unlink()
   except OSError as error:
-    raise errors.ConfigError(f"Cannot write to the workdir {workdir}: {error.strerror or error}. Pass a --workdir "
-                             f"you can write to.") from None
+    raise errors.ConfigError(
+      f"Cannot write to the workdir {workdir}: {error.strerror or error}. Pass a --workdir you can write to."
+    ) from None
 
 
 def divergence_threshold(config: ml_collections.ConfigDict) -> float:
@@ -145,9 +185,14 @@ class _DivergenceWarning:
   def check(self, split: str, step: int, loss: float) -> None:
     if loss > self._threshold and split not in self._warned:
       self._warned.add(split)
-      logging.warning("The %s loss is %.4g at step %d, more than 10x a uniform guess's: the run looks like it is "
-                      "diverging. Lower config.learning_rate (now %g) or set config.grad_clip_norm.", split, loss,
-                      step, self._learning_rate)
+      logging.warning(
+        "The %s loss is %.4g at step %d, more than 10x a uniform guess's: the run looks like it is "
+        "diverging. Lower config.learning_rate (now %g) or set config.grad_clip_norm.",
+        split,
+        loss,
+        step,
+        self._learning_rate,
+      )
 
 
 def _start_message(directory: epath.Path, start_step: int, interrupted: list[str], unreadable: list[int]) -> str:
@@ -193,41 +238,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   preempted_at = 0
   with contextlib.ExitStack() as stack:
-    manager = stack.enter_context(checkpointing.closing(
-        checkpointing.make_manager(workdir, max_to_keep=config.max_to_keep)))
+    manager = stack.enter_context(
+      checkpointing.closing(checkpointing.make_manager(workdir, max_to_keep=config.max_to_keep))
+    )
     # Restore the newest readable checkpoint, or start fresh (loading pretrained encoder weights only then).
     start_step, unreadable = 0, []
     if manager.all_steps():
+
       def set_aside(step: int) -> None:
         unreadable.append(step)
         checkpointing.set_aside(manager, step)
+
       start_step, state = checkpointing.restore_newest_readable(
-          manager, lambda step: train_state.abstract_state(
-              config, model, optimizers[train_state.encoder_trains(config, step)], mesh), on_unreadable=set_aside)
+        manager,
+        lambda step: train_state.abstract_state(
+          config, model, optimizers[train_state.encoder_trains(config, step)], mesh
+        ),
+        on_unreadable=set_aside,
+      )
     else:
-      state = jax.jit(train_state.make_init_fn(config, model, optimizers[train_state.encoder_trains(config, 0)]),
-                      out_shardings=replicated)(train_state.load_encoder_variables(config))
+      state = jax.jit(
+        train_state.make_init_fn(config, model, optimizers[train_state.encoder_trains(config, 0)]),
+        out_shardings=replicated,
+      )(train_state.load_encoder_variables(config))
     logging.info(_start_message(manager.directory, start_step, interrupted, unreadable))
 
-    train_iter = data.train_batches(config.data, global_batch_size=config.batch_size, seed=config.seed,
-                                    start_step=start_step)
+    train_iter = data.train_batches(
+      config.data, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step
+    )
     writer = stack.enter_context(contextlib.closing(metric_writers.MetricWriter(workdir, enabled=is_main)))
     preemption = stack.enter_context(contextlib.closing(checkpointing.PreemptionNotice(manager)))
-    progress = stack.enter_context(tqdm(total=num_train_steps, initial=start_step, desc="train", unit="step",
-                                        disable=not is_main))
+    progress = stack.enter_context(
+      tqdm(total=num_train_steps, initial=start_step, desc="train", unit="step", disable=not is_main)
+    )
     pending: list[tuple[int, dict[str, jax.Array]]] = []  # Train metrics not yet checked, still on device.
     eval_metrics: dict[str, Any] = {}
     throughput = metric_writers.Throughput(start_step, config.batch_size)
     divergence = _DivergenceWarning(config)
     for step in range(start_step + 1, num_train_steps + 1):
       state, step_metrics = train_fns[train_state.encoder_trains(config, step - 1)](
-          state, sharding.shard_batch(next(train_iter), mesh))
+        state, sharding.shard_batch(next(train_iter), mesh)
+      )
       if config.model.freeze_encoder and step == config.unfreeze_at_step:
         # Switch right after the step, so that a checkpoint of this step already has the unfrozen structure.
-        state = jax.jit(functools.partial(train_state.unfreeze_encoder, tx=optimizers[True]),
-                        out_shardings=replicated, donate_argnums=0)(state)
-        logging.info("Step %d: the encoder trains from now on, at learning rate %g.", step,
-                     config.encoder_learning_rate)
+        state = jax.jit(
+          functools.partial(train_state.unfreeze_encoder, tx=optimizers[True]),
+          out_shardings=replicated,
+          donate_argnums=0,
+        )(state)
+        logging.info(
+          "Step %d: the encoder trains from now on, at learning rate %g.", step, config.encoder_learning_rate
+        )
       pending.append((step, step_metrics))
       progress.update()
       is_last = step == num_train_steps
@@ -242,8 +303,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       fetched = jax.device_get(pending)
       _check_finite(fetched, manager)  # Before anything is saved.
       if log_now:
-        train_metrics = {name: float(np.mean([values[name] for _, values in fetched]))
-                         for name in ("loss", "pixel_accuracy")}
+        train_metrics = {
+          name: float(np.mean([values[name] for _, values in fetched])) for name in ("loss", "pixel_accuracy")
+        }
         writer.write(step, "train", train_metrics | {"images_per_second": throughput.images_per_second(step)})
         divergence.check("train", step, train_metrics["loss"])
         pending = []

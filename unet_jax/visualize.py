@@ -17,8 +17,9 @@ def to_display_range(images: np.ndarray, normalization: str) -> np.ndarray:
   return np.clip(images, 0.0, 1.0)
 
 
-def save_predictions(path: str, images: np.ndarray, true_masks: np.ndarray, predicted_masks: np.ndarray,
-                     num_classes: int) -> None:
+def save_predictions(
+  path: str, images: np.ndarray, true_masks: np.ndarray, predicted_masks: np.ndarray, num_classes: int
+) -> None:
   """Writes a PNG grid; `images` already in [0, 1], masks class ids [N, H, W] drawn with one colour per class."""
   rows = len(images)
   # A bare Figure renders PNG with Agg without pyplot: no global figure registry, no backend to choose (servers,

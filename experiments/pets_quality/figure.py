@@ -21,8 +21,10 @@ def main(workdir: str, output: str, rows: int = 4) -> None:
   run = checkpointing.load_run(workdir, "latest", config)
   result = evaluation.Evaluator(run.config, run.model, run.mesh).run(run.state)
   evaluation.write_predictions(result, run.config, output)
-  print(f"Wrote {output}: the first {rows} test images, {workdir} at step {run.step} "
-        f"(test mean IoU {result.metrics['mean_iou']:.3f}).")
+  print(
+    f"Wrote {output}: the first {rows} test images, {workdir} at step {run.step} "
+    f"(test mean IoU {result.metrics['mean_iou']:.3f})."
+  )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,13 @@ def split_folds(lines: list[str], num_folds: int, seed: int) -> list[tuple[list[
   for breed in sorted(by_breed):
     for part, indices in enumerate(np.array_split(rng.permutation(by_breed[breed]), num_folds)):
       fold_of.update((int(i), part) for i in indices)
-  return [([line for i, line in enumerate(lines) if fold_of[i] != fold],
-           [line for i, line in enumerate(lines) if fold_of[i] == fold]) for fold in range(num_folds)]
+  return [
+    (
+      [line for i, line in enumerate(lines) if fold_of[i] != fold],
+      [line for i, line in enumerate(lines) if fold_of[i] == fold],
+    )
+    for fold in range(num_folds)
+  ]
 
 
 def main(trainval: pathlib.Path = LOCAL_TRAINVAL) -> None:

@@ -25,11 +25,11 @@ def _mean_load(start: float, end: float) -> str:
   """Mean 1-minute load average between two timestamps (same UTC day), from $LOAD_LOG; "" without it."""
   if not os.environ.get("LOAD_LOG"):
     return ""
-  day = datetime.datetime.fromtimestamp(start, datetime.timezone.utc).date()
+  day = datetime.datetime.fromtimestamp(start, datetime.UTC).date()
   loads = []
   for line in pathlib.Path(os.environ["LOAD_LOG"]).read_text().splitlines():
     clock, load = line.split()[:2]
-    moment = datetime.datetime.combine(day, datetime.time.fromisoformat(clock), datetime.timezone.utc).timestamp()
+    moment = datetime.datetime.combine(day, datetime.time.fromisoformat(clock), datetime.UTC).timestamp()
     if start <= moment <= end:
       loads.append(float(load))
   return f"{sum(loads) / len(loads):.1f}" if loads else ""
@@ -37,8 +37,10 @@ def _mean_load(start: float, end: float) -> str:
 
 def _row(name: str, split: str, metrics: dict, steps: int, wall: str, load: str) -> str:
   ious = " | ".join(f"{iou:.3f}" for iou in metrics["iou_per_class"])
-  return (f"| {name} | {split} | {steps} | {metrics['pixel_accuracy']:.3f} | {ious} | **{metrics['mean_iou']:.3f}** "
-          f"| {wall} | {load} |")
+  return (
+    f"| {name} | {split} | {steps} | {metrics['pixel_accuracy']:.3f} | {ious} | **{metrics['mean_iou']:.3f}** "
+    f"| {wall} | {load} |"
+  )
 
 
 def _split_label(test_list: str) -> str:

@@ -3,8 +3,8 @@
 Shared by keras_reference.py (the tutorial's Keras model on it) and tutorial_stream.py (unet_jax's trainer on it).
 """
 
-from collections.abc import Iterable, Iterator
 import functools
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -23,8 +23,10 @@ def tutorial_train_batches(keras, config, *, decoder: str = "tf", drop_remainder
 
   def read(image_path: tf.Tensor, mask_path: tf.Tensor) -> dict[str, tf.Tensor]:  # What tfds' Image feature does.
     decode = functools.partial(tf.io.decode_image, expand_animations=False)
-    return {"image": decode(tf.io.read_file(image_path), channels=3),
-            "segmentation_mask": decode(tf.io.read_file(mask_path), channels=1)}
+    return {
+      "image": decode(tf.io.read_file(image_path), channels=3),
+      "segmentation_mask": decode(tf.io.read_file(mask_path), channels=1),
+    }
 
   def load_image(datapoint: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:  # The tutorial's, trimaps -1.
     input_image = tf.image.resize(datapoint["image"], (size, size))
@@ -45,16 +47,25 @@ def tutorial_train_batches(keras, config, *, decoder: str = "tf", drop_remainder
     datapoints = files.map(read)
   else:  # unet_jax's decoding; its masks are class ids already, so put the trimaps' +1 back for `load_image`.
     datapoints = folder.open_shard(config.data, config.data.train_split, 0, 1).examples.map(
-        lambda ex: {"image": ex["image"], "segmentation_mask": ex["mask"] + 1})
+      lambda ex: {"image": ex["image"], "segmentation_mask": ex["mask"] + 1}
+    )
   train_images = datapoints.map(load_image, num_parallel_calls=tf.data.AUTOTUNE)
-  return (train_images.cache().shuffle(config.data.shuffle_buffer)
-          .batch(config.batch_size, drop_remainder=drop_remainder).repeat()
-          .map(Augment()).prefetch(buffer_size=tf.data.AUTOTUNE))
+  return (
+    train_images.cache()
+    .shuffle(config.data.shuffle_buffer)
+    .batch(config.batch_size, drop_remainder=drop_remainder)
+    .repeat()
+    .map(Augment())
+    .prefetch(buffer_size=tf.data.AUTOTUNE)
+  )
 
 
 def as_numpy_batches(stream: Iterable[tuple[tf.Tensor, tf.Tensor]]) -> Iterator[dict[str, np.ndarray]]:
   """The tutorial's (image, float mask [B, S, S, 1]) batches in unet_jax's format: numpy, int32 [B, S, S] masks, and
   every row real (weight 1; a partial batch stays short)."""
   for image, mask in stream:
-    yield {"image": image.numpy(), "mask": mask.numpy()[..., 0].astype(np.int32),
-           "weight": np.ones(len(image), np.float32)}
+    yield {
+      "image": image.numpy(),
+      "mask": mask.numpy()[..., 0].astype(np.int32),
+      "weight": np.ones(len(image), np.float32),
+    }

@@ -13,16 +13,17 @@ as `keras_reference.py --pipeline=tutorial` does. The stream cannot resume, so t
 
 from absl import app, flags
 from ml_collections import config_flags
-
 from tutorial_pipeline import as_numpy_batches, tutorial_train_batches  # This script's folder is on sys.path.
+
 from unet_jax import data, trainer
 
-_CONFIG = config_flags.DEFINE_config_file("config", None,
-                                          "A tutorial-recipe config, e.g. configs/pets_sample.py:local.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "A new directory for the run's checkpoints and metrics.",
-                               required=True)
-_DROP_REMAINDER = flags.DEFINE_bool("drop_remainder", False, "Drop each epoch's partial batch, as unet_jax.data does "
-                                     "with data.drop_remainder=True.")
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "A tutorial-recipe config, e.g. configs/pets_sample.py:local."
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "A new directory for the run's checkpoints and metrics.", required=True)
+_DROP_REMAINDER = flags.DEFINE_bool(
+  "drop_remainder", False, "Drop each epoch's partial batch, as unet_jax.data does with data.drop_remainder=True."
+)
 
 
 def main(argv: list[str]) -> None:
@@ -39,8 +40,10 @@ def main(argv: list[str]) -> None:
   def tutorial_batches(data_config, *, global_batch_size: int, seed: int, start_step: int = 0, **unused):
     del data_config, global_batch_size, seed, unused  # Fixed by the stream above.
     if start_step:
-      raise app.UsageError(f"{_WORKDIR.value} holds a checkpoint at step {start_step}; the tutorial's stream cannot "
-                           "resume there. Use a new --workdir.")
+      raise app.UsageError(
+        f"{_WORKDIR.value} holds a checkpoint at step {start_step}; the tutorial's stream cannot "
+        "resume there. Use a new --workdir."
+      )
     return as_numpy_batches(stream)
 
   data.train_batches = tutorial_batches  # What trainer.train_and_evaluate reads its batches from.

@@ -18,11 +18,11 @@ import functools
 import os
 import pathlib
 
-from absl import logging
 import ml_collections
 import numpy as np
-from PIL import Image, ImageOps
 import tensorflow as tf
+from absl import logging
+from PIL import Image, ImageOps
 
 from unet_jax import errors, image_io
 from unet_jax.data.source import DatasetNotFoundError, Shard
@@ -43,7 +43,7 @@ class BadFileError(errors.UserError, ValueError):
 
 
 def parse_value_map(text: str) -> dict[int, int]:
-  """"1:0, 2:1, 3:2" (braces allowed) -> {1: 0, 2: 1, 3: 2}; "" -> {} (raw values are the class ids).
+  """ "1:0, 2:1, 3:2" (braces allowed) -> {1: 0, 2: 1, 3: 2}; "" -> {} (raw values are the class ids).
 
   A string because ConfigDict keys must be strings and `--config.data.folder.mask_value_map=1:0,2:1` must work.
   """
@@ -54,11 +54,15 @@ def parse_value_map(text: str) -> dict[int, int]:
     try:
       raw, class_id = (int(part) for part in item.split(":"))
     except ValueError:
-      raise errors.ConfigError(f"config.data.folder.mask_value_map={text!r}: {item.strip()!r} is not 'raw:class'. "
-                               "Write it like '1:0,2:1,3:2' (pet trimaps) or '0:0,255:1' (binary masks).") from None
+      raise errors.ConfigError(
+        f"config.data.folder.mask_value_map={text!r}: {item.strip()!r} is not 'raw:class'. "
+        "Write it like '1:0,2:1,3:2' (pet trimaps) or '0:0,255:1' (binary masks)."
+      ) from None
     if raw in value_map or not 0 <= class_id <= 255:
-      raise errors.ConfigError(f"config.data.folder.mask_value_map={text!r}: raw value {raw} is mapped twice or class "
-                               f"id {class_id} is outside 0..255; map each raw value once, to a class id in 0..255.")
+      raise errors.ConfigError(
+        f"config.data.folder.mask_value_map={text!r}: raw value {raw} is mapped twice or class "
+        f"id {class_id} is outside 0..255; map each raw value once, to a class id in 0..255."
+      )
     value_map[raw] = class_id
   return value_map
 
@@ -68,8 +72,10 @@ def _mask_values(mask: Image.Image, path: str) -> np.ndarray:
   array = np.asarray(mask)
   if array.ndim == 3:  # A grayscale mask saved as RGB(A) is fine; a colour-coded one is not.
     if not (array[..., :3] == array[..., :1]).all():
-      raise BadFileError(f"mask {path} is a colour image (mode {mask.mode}); save masks as single-channel or "
-                         "palette images of class ids.")
+      raise BadFileError(
+        f"mask {path} is a colour image (mode {mask.mode}); save masks as single-channel or "
+        "palette images of class ids."
+      )
     array = array[..., 0]
   if array.dtype == bool:
     array = array.astype(np.uint8)
@@ -114,17 +120,23 @@ def _check_pair(pair: Pair, value_map: dict[int, int]) -> None:
   raw = _read_mask(pair.mask)
   values = np.flatnonzero(np.bincount(raw.ravel()))  # Faster than np.unique.
   if (height, width) != raw.shape:
-    raise BadFileError(f"image {pair.image} is {width}x{height} but its mask {pair.mask} is "
-                       f"{raw.shape[1]}x{raw.shape[0]}; they must be the same size (sizes as shown upright, after "
-                       "any EXIF orientation).")
+    raise BadFileError(
+      f"image {pair.image} is {width}x{height} but its mask {pair.mask} is "
+      f"{raw.shape[1]}x{raw.shape[0]}; they must be the same size (sizes as shown upright, after "
+      "any EXIF orientation)."
+    )
   if value_map:
     outside = sorted(set(values.tolist()) - set(value_map))
     if outside:
-      raise BadFileError(f"mask {pair.mask} has values {outside} outside mask_value_map {value_map}; map them in "
-                         "--config.data.folder.mask_value_map or fix the mask.")
+      raise BadFileError(
+        f"mask {pair.mask} has values {outside} outside mask_value_map {value_map}; map them in "
+        "--config.data.folder.mask_value_map or fix the mask."
+      )
   elif values.max(initial=0) > 255:
-    raise BadFileError(f"mask {pair.mask} has values up to {values.max()}; map them to class ids 0..255 with "
-                       "--config.data.folder.mask_value_map.")
+    raise BadFileError(
+      f"mask {pair.mask} has values up to {values.max()}; map them to class ids 0..255 with "
+      "--config.data.folder.mask_value_map."
+    )
 
 
 def _files_by_stem(directory: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -132,26 +144,33 @@ def _files_by_stem(directory: pathlib.Path) -> dict[str, pathlib.Path]:
   for path in sorted(directory.iterdir()):
     if path.suffix.lower() in IMAGE_EXTENSIONS:
       if path.stem in files:
-        raise errors.ConfigError(f"{files[path.stem].name} and {path.name} in {directory} share the stem "
-                                 f"{path.stem!r}; images and masks are matched by stem, so keep one.")
+        raise errors.ConfigError(
+          f"{files[path.stem].name} and {path.name} in {directory} share the stem "
+          f"{path.stem!r}; images and masks are matched by stem, so keep one."
+        )
       files[path.stem] = path
   return files
 
 
 def _directory(folder_config: ml_collections.ConfigDict, name: str) -> pathlib.Path:
   if not folder_config.root:
-    raise errors.ConfigError("config.data.name='folder' needs --config.data.folder.root=DIR, the folder that holds "
-                             f"{folder_config.images!r} and {folder_config.masks!r}.")
+    raise errors.ConfigError(
+      "config.data.name='folder' needs --config.data.folder.root=DIR, the folder that holds "
+      f"{folder_config.images!r} and {folder_config.masks!r}."
+    )
   directory = pathlib.Path(folder_config.root) / folder_config[name]
   if not directory.is_dir():
-    raise DatasetNotFoundError(f"{directory} (config.data.folder.root / config.data.folder.{name}) is not a "
-                               "directory; point the config at your data.")
+    raise DatasetNotFoundError(
+      f"{directory} (config.data.folder.root / config.data.folder.{name}) is not a "
+      "directory; point the config at your data."
+    )
   return directory
 
 
 @functools.lru_cache(maxsize=8)
-def _scan(images_dir: pathlib.Path, masks_dir: pathlib.Path, value_map_text: str,
-          skip_bad_files: bool) -> tuple[Pair, ...]:
+def _scan(
+  images_dir: pathlib.Path, masks_dir: pathlib.Path, value_map_text: str, skip_bad_files: bool
+) -> tuple[Pair, ...]:
   """All usable pairs, sorted by stem. Cached: the folder is scanned once per process."""
   masks = _files_by_stem(masks_dir)
   value_map = parse_value_map(value_map_text)
@@ -173,15 +192,19 @@ def _scan(images_dir: pathlib.Path, masks_dir: pathlib.Path, value_map_text: str
     verdicts = list(pool.map(check, pairs))
   problems += [verdict for verdict in verdicts if verdict]
   if problems and not skip_bad_files:
-    raise BadFileError(f"{len(problems)} bad file(s) in {images_dir.parent}: " +
-                       "; ".join(problem.rstrip(".") for problem in problems[:5]) +
-                       ". Fix them, or set --config.data.folder.skip_bad_files=True to skip them.")
+    raise BadFileError(
+      f"{len(problems)} bad file(s) in {images_dir.parent}: "
+      + "; ".join(problem.rstrip(".") for problem in problems[:5])
+      + ". Fix them, or set --config.data.folder.skip_bad_files=True to skip them."
+    )
   for problem in problems:
     logging.warning("Skipping: %s", problem)
   usable = tuple(pair for pair, verdict in zip(pairs, verdicts) if not verdict)
   if not usable:
-    raise DatasetNotFoundError(f"no usable image/mask pairs in {images_dir} and {masks_dir} (matched by file stem); "
-                               "put images and their masks there, or point config.data.folder.root at your data.")
+    raise DatasetNotFoundError(
+      f"no usable image/mask pairs in {images_dir} and {masks_dir} (matched by file stem); "
+      "put images and their masks there, or point config.data.folder.root at your data."
+    )
   return usable
 
 
@@ -201,8 +224,12 @@ def split_pairs(data_config: ml_collections.ConfigDict, split: str) -> tuple[Pai
   folder_config = data_config.folder
   if split not in SPLITS:
     raise errors.ConfigError(f"split {split!r} does not exist for config.data.name='folder'; use one of {SPLITS}.")
-  pairs = _scan(_directory(folder_config, "images"), _directory(folder_config, "masks"),
-                folder_config.mask_value_map, folder_config.skip_bad_files)
+  pairs = _scan(
+    _directory(folder_config, "images"),
+    _directory(folder_config, "masks"),
+    folder_config.mask_value_map,
+    folder_config.skip_bad_files,
+  )
   if split == "all":
     return pairs
   by_stem = {pair.stem: pair for pair in pairs}
@@ -215,8 +242,10 @@ def split_pairs(data_config: ml_collections.ConfigDict, split: str) -> tuple[Pai
         listed = _read_list(path)
         missing = [stem for stem in listed if stem not in by_stem]
         if missing and not folder_config.skip_bad_files:
-          raise errors.ConfigError(f"{len(missing)} stem(s) of {path} have no usable image/mask pair, e.g. "
-                                   f"{missing[:5]}; fix the list or set --config.data.folder.skip_bad_files=True.")
+          raise errors.ConfigError(
+            f"{len(missing)} stem(s) of {path} have no usable image/mask pair, e.g. "
+            f"{missing[:5]}; fix the list or set --config.data.folder.skip_bad_files=True."
+          )
         if missing:
           logging.warning("Skipping %d stem(s) of %s without a usable pair: %s", len(missing), path, missing[:5])
         stems[name] = [stem for stem in listed if stem in by_stem]
@@ -248,11 +277,13 @@ def open_shard(data_config: ml_collections.ConfigDict, split: str, process_index
   table = _lookup_table(parse_value_map(data_config.folder.mask_value_map))
 
   def load(image_path, mask_path):
-    image, mask = tf.numpy_function(functools.partial(_load_pair, table=table), [image_path, mask_path],
-                                    [tf.uint8, tf.uint8])
+    image, mask = tf.numpy_function(
+      functools.partial(_load_pair, table=table), [image_path, mask_path], [tf.uint8, tf.uint8]
+    )
     return {"image": tf.ensure_shape(image, [None, None, 3]), "mask": tf.ensure_shape(mask, [None, None, 1])}
 
-  paths = tf.data.Dataset.from_tensor_slices((tf.constant([p.image for p in mine], tf.string),
-                                              tf.constant([p.mask for p in mine], tf.string)))
+  paths = tf.data.Dataset.from_tensor_slices(
+    (tf.constant([p.image for p in mine], tf.string), tf.constant([p.mask for p in mine], tf.string))
+  )
   examples = paths.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return Shard(examples=examples, shard_sizes=tuple(len(shard) for shard in shards))

@@ -18,8 +18,8 @@ Every batch, train and eval, carries "weight": float32 [B], 1.0 for a real examp
 Multi-host: each process reads its own contiguous part of the split and yields its slice of every global batch.
 """
 
-from collections.abc import Iterator
 import functools
+from collections.abc import Iterator
 
 import jax
 import ml_collections
@@ -41,9 +41,10 @@ def check_global_batch_size(global_batch_size: int) -> None:
   if global_batch_size <= 0 or global_batch_size % devices:
     suggestion = max(devices, round(global_batch_size / devices) * devices)
     raise errors.ConfigError(
-        f"batch_size={global_batch_size} is the global batch size and must be a positive multiple of the "
-        f"{devices} devices ({jax.process_count()} process(es) x {jax.local_device_count()} local devices), so "
-        f"every device gets the same share. Use e.g. --config.batch_size={suggestion}.")
+      f"batch_size={global_batch_size} is the global batch size and must be a positive multiple of the "
+      f"{devices} devices ({jax.process_count()} process(es) x {jax.local_device_count()} local devices), so "
+      f"every device gets the same share. Use e.g. --config.batch_size={suggestion}."
+    )
 
 
 def _check_config(data_config: ml_collections.ConfigDict) -> None:
@@ -52,8 +53,9 @@ def _check_config(data_config: ml_collections.ConfigDict) -> None:
   if data_config.image_size <= 0:
     raise errors.ConfigError(f"config.data.image_size={data_config.image_size} must be positive.")
   if data_config.eval_mask_size < 0:
-    raise errors.ConfigError(f"config.data.eval_mask_size={data_config.eval_mask_size} must be positive, or 0 for "
-                             "image_size.")
+    raise errors.ConfigError(
+      f"config.data.eval_mask_size={data_config.eval_mask_size} must be positive, or 0 for image_size."
+    )
 
 
 def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -68,8 +70,10 @@ def _processes(process_index: int | None, process_count: int | None) -> tuple[in
 def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   check_global_batch_size(global_batch_size)
   if global_batch_size % process_count:
-    raise errors.ConfigError(f"batch_size={global_batch_size} does not divide among {process_count} processes; use a "
-                             f"multiple of {process_count}.")
+    raise errors.ConfigError(
+      f"batch_size={global_batch_size} does not divide among {process_count} processes; use a "
+      f"multiple of {process_count}."
+    )
   return global_batch_size // process_count
 
 
@@ -86,16 +90,18 @@ def _open_shard(data_config: ml_collections.ConfigDict, split: str, process_inde
   return _source(data_config).open_shard(data_config, split, process_index, process_count)
 
 
-def steps_per_epoch(data_config: ml_collections.ConfigDict, *, global_batch_size: int,
-                    process_count: int | None = None) -> int:
+def steps_per_epoch(
+  data_config: ml_collections.ConfigDict, *, global_batch_size: int, process_count: int | None = None
+) -> int:
   """Train steps in one pass over `train_split`: what `train_batches` yields per epoch."""
   _, process_count = _processes(0, process_count)
   shard = _open_shard(data_config, data_config.train_split, 0, process_count)
   return _steps_per_epoch(data_config, shard.shard_sizes, global_batch_size)
 
 
-def _steps_per_epoch(data_config: ml_collections.ConfigDict, shard_sizes: tuple[int, ...],
-                     global_batch_size: int) -> int:
+def _steps_per_epoch(
+  data_config: ml_collections.ConfigDict, shard_sizes: tuple[int, ...], global_batch_size: int
+) -> int:
   """The same on every process: the smallest shard decides when the remainder is dropped (every step full), the
   largest when it is kept (every example seen, the smaller shards padded)."""
   local_batch_size = _local_batch_size(global_batch_size, len(shard_sizes))
@@ -104,17 +110,22 @@ def _steps_per_epoch(data_config: ml_collections.ConfigDict, shard_sizes: tuple[
   steps = min(shard_sizes) // local_batch_size
   if steps == 0:
     raise errors.ConfigError(
-        f"the train split {data_config.train_split!r} has {sum(shard_sizes)} examples ({min(shard_sizes)} on the "
-        f"smallest of {len(shard_sizes)} process shards), fewer than one batch of {global_batch_size} "
-        f"({local_batch_size} per process); lower --config.batch_size, or set --config.data.drop_remainder=False.")
+      f"the train split {data_config.train_split!r} has {sum(shard_sizes)} examples ({min(shard_sizes)} on the "
+      f"smallest of {len(shard_sizes)} process shards), fewer than one batch of {global_batch_size} "
+      f"({local_batch_size} per process); lower --config.batch_size, or set --config.data.drop_remainder=False."
+    )
   return steps
 
 
 def _with_padding(examples: tf.data.Dataset, total: int, image_size: int, mask_size: int) -> tf.data.Dataset:
   """`examples` with "weight" 1.0, then rows of weight 0.0 (zero image and mask) up to `total` rows."""
-  padding = tf.data.Dataset.from_tensors({"image": tf.zeros([image_size, image_size, 3]),
-                                          "mask": tf.zeros([mask_size, mask_size], tf.uint8),
-                                          "weight": tf.constant(0.0)}).repeat()
+  padding = tf.data.Dataset.from_tensors(
+    {
+      "image": tf.zeros([image_size, image_size, 3]),
+      "mask": tf.zeros([mask_size, mask_size], tf.uint8),
+      "weight": tf.constant(0.0),
+    }
+  ).repeat()
   return examples.map(lambda ex: {**ex, "weight": tf.constant(1.0)}).concatenate(padding).take(total)
 
 
@@ -157,8 +168,7 @@ def _random_zoom(image: tf.Tensor, mask: tf.Tensor, key: tf.Tensor, max_zoom: fl
   return image, tf.cast(mask[..., 0], tf.uint8)
 
 
-def _random_brightness_contrast(image: tf.Tensor, key: tf.Tensor, brightness: float,
-                                contrast: float) -> tf.Tensor:
+def _random_brightness_contrast(image: tf.Tensor, key: tf.Tensor, brightness: float, contrast: float) -> tf.Tensor:
   """Per example: contrast scaled by a factor in [1 - contrast, 1 + contrast], brightness shifted by up to
   `brightness` of the 0..255 range."""
   n = tf.shape(image)[0]
@@ -184,8 +194,14 @@ def _augment(batch: dict[str, tf.Tensor], key: tf.Tensor, augment: ml_collection
   return {**batch, "image": image, "mask": mask}
 
 
-def _train_dataset(data_config: ml_collections.ConfigDict, global_batch_size: int, seed: int, start_step: int,
-                   process_index: int, process_count: int) -> tf.data.Dataset:
+def _train_dataset(
+  data_config: ml_collections.ConfigDict,
+  global_batch_size: int,
+  seed: int,
+  start_step: int,
+  process_index: int,
+  process_count: int,
+) -> tf.data.Dataset:
   local_batch_size = _local_batch_size(global_batch_size, process_count)
   shard = _open_shard(data_config, data_config.train_split, process_index, process_count)
   steps_per_epoch = _steps_per_epoch(data_config, shard.shard_sizes, global_batch_size)
@@ -196,8 +212,9 @@ def _train_dataset(data_config: ml_collections.ConfigDict, global_batch_size: in
 
   def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
     # A full-range int64 drawn from (seed, epoch): a different, reproducible order every epoch.
-    epoch_seed = tf.random.stateless_uniform([], tf.stack([tf.constant(seed, tf.int64), epoch]), None, None,
-                                             dtype=tf.int64)
+    epoch_seed = tf.random.stateless_uniform(
+      [], tf.stack([tf.constant(seed, tf.int64), epoch]), None, None, dtype=tf.int64
+    )
     shuffled = examples.shuffle(data_config.shuffle_buffer, seed=epoch_seed)
     return _with_padding(shuffled, steps_per_epoch * local_batch_size, size, size).batch(local_batch_size)
 
@@ -208,12 +225,20 @@ def _train_dataset(data_config: ml_collections.ConfigDict, global_batch_size: in
     key = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), step]), process_index)
     return _normalize(_augment(batch, key, data_config.augment), data_config.normalization)
 
-  return (batches.enumerate(start=start_step).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-          .prefetch(tf.data.AUTOTUNE))
+  return (
+    batches.enumerate(start=start_step).map(augment, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+  )
 
 
-def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: int, seed: int, start_step: int = 0,
-                  process_index: int | None = None, process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+def train_batches(
+  data_config: ml_collections.ConfigDict,
+  *,
+  global_batch_size: int,
+  seed: int,
+  start_step: int = 0,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
   """This process's slice of every global batch, shuffled and augmented, forever.
 
   An epoch is `steps_per_epoch` steps: with `data.drop_remainder` the partial batch is dropped; without, it is padded
@@ -237,8 +262,14 @@ def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: 
   return iter(tfds.as_numpy(dataset))
 
 
-def eval_dataset(data_config: ml_collections.ConfigDict, *, global_batch_size: int, split: str | None = None,
-                 process_index: int | None = None, process_count: int | None = None) -> tf.data.Dataset:
+def eval_dataset(
+  data_config: ml_collections.ConfigDict,
+  *,
+  global_batch_size: int,
+  split: str | None = None,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> tf.data.Dataset:
   """This process's batches of one pass over `split` (default `eval_split`), the last one padded; see `eval_batches`.
 
   A dataset rather than an iterator so that an evaluator builds it once and reads it at every evaluation: with
@@ -249,21 +280,29 @@ def eval_dataset(data_config: ml_collections.ConfigDict, *, global_batch_size: i
   local_batch_size = _local_batch_size(global_batch_size, process_count)
   shard = _open_shard(data_config, data_config.eval_split if split is None else split, process_index, process_count)
   size, mask_size = data_config.image_size, data_config.eval_mask_size or data_config.image_size
-  examples = shard.examples.map(functools.partial(_resize, image_size=size, mask_size=mask_size),
-                                num_parallel_calls=tf.data.AUTOTUNE)
+  examples = shard.examples.map(
+    functools.partial(_resize, image_size=size, mask_size=mask_size), num_parallel_calls=tf.data.AUTOTUNE
+  )
   if data_config.cache:
     examples = examples.cache()
   # Every process pads to the largest shard, so all yield the same number of batches.
   num_batches = -(-max(shard.shard_sizes) // local_batch_size)
-  batches = (_with_padding(examples, num_batches * local_batch_size, size, mask_size).batch(local_batch_size)
-             .map(functools.partial(_normalize, normalization=data_config.normalization),
-                  num_parallel_calls=tf.data.AUTOTUNE))
+  batches = (
+    _with_padding(examples, num_batches * local_batch_size, size, mask_size)
+    .batch(local_batch_size)
+    .map(functools.partial(_normalize, normalization=data_config.normalization), num_parallel_calls=tf.data.AUTOTUNE)
+  )
   return batches.prefetch(tf.data.AUTOTUNE)
 
 
-def eval_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: int, split: str | None = None,
-                 process_index: int | None = None,
-                 process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(
+  data_config: ml_collections.ConfigDict,
+  *,
+  global_batch_size: int,
+  split: str | None = None,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
   """One pass over every example of `split` exactly once, this process's shard; the last batch padded.
 
   Args:
@@ -276,5 +315,14 @@ def eval_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: i
     An iterator of {"image", "mask", "weight"} as `train_batches`, unaugmented; "weight" is 1.0 for a real example
     and 0.0 for padding, and masks are `data.eval_mask_size` when set.
   """
-  return iter(tfds.as_numpy(eval_dataset(data_config, global_batch_size=global_batch_size, split=split,
-                                         process_index=process_index, process_count=process_count)))
+  return iter(
+    tfds.as_numpy(
+      eval_dataset(
+        data_config,
+        global_batch_size=global_batch_size,
+        split=split,
+        process_index=process_index,
+        process_count=process_count,
+      )
+    )
+  )

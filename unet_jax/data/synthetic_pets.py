@@ -19,8 +19,8 @@ import io
 import math
 
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
+from PIL import Image
 
 TEXTURES = ("stripes", "spots", "checks", "fur")  # The `label` feature: which texture the object wears.
 _SPLIT_SEEDS = {"train": 0, "test": 1}
@@ -56,7 +56,7 @@ def _pixel_noise(rng: np.random.Generator, shape: tuple[int, ...], max_size: int
   pool = _gaussian_pool(2 * max_size)
   size = math.prod(shape)
   start = rng.integers(0, len(pool) - size)
-  return pool[start:start + size].reshape(shape)
+  return pool[start : start + size].reshape(shape)
 
 
 def _blob_field(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, scale: float) -> np.ndarray:
@@ -72,8 +72,11 @@ def _blob_field(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, scale: f
     c, s = math.cos(angle), math.sin(angle)
     dy, dx = y - (cy + oy), x - (cx + ox)
     # ((dx c + dy s) / a)^2 + ((dy c - dx s) / b)^2 expanded, so only one product is image-sized.
-    quadratic = ((c * c / a**2 + s * s / b**2) * dx**2 + (s * s / a**2 + c * c / b**2) * dy**2
-                 + (2 * c * s * (1 / a**2 - 1 / b**2) * dy) * dx)
+    quadratic = (
+      (c * c / a**2 + s * s / b**2) * dx**2
+      + (s * s / a**2 + c * c / b**2) * dy**2
+      + (2 * c * s * (1 / a**2 - 1 / b**2) * dy) * dx
+    )
     field += np.exp(-0.5 * quadratic)
   return field + 0.08 * _smooth_noise(rng, (h, w), cell=max(scale / 2, 4))  # A wobbly outline.
 
@@ -87,7 +90,9 @@ def _texture(rng: np.random.Generator, kind: str, y: np.ndarray, x: np.ndarray) 
     return np.sin(x * (frequency * c) + y * (frequency * s))
   if kind == "checks":
     frequency = 2 * np.pi / rng.uniform(6, 12)
-    return np.sign(np.sin(x * (frequency * c) + y * (frequency * s)) * np.sin(y * (frequency * c) - x * (frequency * s)))
+    return np.sign(
+      np.sin(x * (frequency * c) + y * (frequency * s)) * np.sin(y * (frequency * c) - x * (frequency * s))
+    )
   shape = (y.shape[0], x.shape[1])
   if kind == "spots":
     return np.where(_smooth_noise(rng, shape, cell=rng.uniform(3, 6)) > 0.3, np.float32(1), np.float32(-0.3))
@@ -141,8 +146,10 @@ def draw_example(rng: np.random.Generator, min_side: int, max_side: int) -> tupl
   label = int(rng.integers(len(TEXTURES)))
   contrast = rng.uniform(30, 60) * rng.choice((-1.0, 1.0)).item()
   shading = 0.7 + 0.3 * np.clip(distance / (0.5 * scale), 0, 1)  # Darker towards the rim.
-  obj = (20 * _smooth_noise(rng, (h, w), cell=rng.uniform(8, 16), channels=3)
-         + (object_colour + contrast * _texture(rng, TEXTURES[label], y, x)[..., None])) * shading[..., None]
+  obj = (
+    20 * _smooth_noise(rng, (h, w), cell=rng.uniform(8, 16), channels=3)
+    + (object_colour + contrast * _texture(rng, TEXTURES[label], y, x)[..., None])
+  ) * shading[..., None]
   # A soft edge: the object fades into the background across the band, like fur, which is why annotators left
   # that band unclassified.
   alpha = np.clip(distance / (2 * half_width) + 0.5, 0, 1)[..., None]
@@ -165,31 +172,40 @@ class SyntheticPets(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [
-      SyntheticPetsConfig(name="default", description="2,000 train / 500 test images of 96-200 px sides."),
-      SyntheticPetsConfig(
-          name="tiny", description="64 train / 24 test images of 40-72 px sides, for tests.",
-          num_train=64, num_test=24, min_side=40, max_side=72),
+    SyntheticPetsConfig(name="default", description="2,000 train / 500 test images of 96-200 px sides."),
+    SyntheticPetsConfig(
+      name="tiny",
+      description="64 train / 24 test images of 40-72 px sides, for tests.",
+      num_train=64,
+      num_test=24,
+      min_side=40,
+      max_side=72,
+    ),
   ]
   DEFAULT_CONFIG_NAME = "default"
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(encoding_format="jpeg"),
-            "label": tfds.features.ClassLabel(names=TEXTURES),
-            "file_name": tfds.features.Text(),
-            "segmentation_mask": tfds.features.Image(shape=(None, None, 1), use_colormap=True),
-        }),
-        supervised_keys=("image", "label"),
+      builder=self,
+      description=__doc__,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(encoding_format="jpeg"),
+          "label": tfds.features.ClassLabel(names=TEXTURES),
+          "file_name": tfds.features.Text(),
+          "segmentation_mask": tfds.features.Image(shape=(None, None, 1), use_colormap=True),
+        }
+      ),
+      supervised_keys=("image", "label"),
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.
     config = self.builder_config
-    return {"train": self._generate_examples("train", config.num_train),
-            "test": self._generate_examples("test", config.num_test)}
+    return {
+      "train": self._generate_examples("train", config.num_train),
+      "test": self._generate_examples("test", config.num_test),
+    }
 
   def _generate_examples(self, split: str, num_examples: int):
     config = self.builder_config
@@ -197,5 +213,12 @@ class SyntheticPets(tfds.core.GeneratorBasedBuilder):
       rng = np.random.default_rng([_VERSION_SEED, _SPLIT_SEEDS[split], index])
       image, trimap, label = draw_example(rng, config.min_side, config.max_side)
       file_name = f"{split}_{index:05d}.jpg"
-      yield file_name, {"image": _encode(image, "JPEG"), "label": label, "file_name": file_name,
-                        "segmentation_mask": _encode(trimap, "PNG")}
+      yield (
+        file_name,
+        {
+          "image": _encode(image, "JPEG"),
+          "label": label,
+          "file_name": file_name,
+          "segmentation_mask": _encode(trimap, "PNG"),
+        },
+      )

@@ -36,8 +36,10 @@ _NHWC_HWIO = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 
 def use_cpu_ops(conv_impl: str) -> bool:
   """Whether `conv_impl` ("auto" | "xla" | "cpu") computes with this module; "auto" means on the CPU backend."""
   if conv_impl not in CONV_IMPLS:
-    raise errors.ConfigError(f"conv_impl={conv_impl!r} is not one of {CONV_IMPLS}: 'auto' picks 'cpu' on the CPU "
-                             f"backend and 'xla' (lax.conv) on GPU/TPU.")
+    raise errors.ConfigError(
+      f"conv_impl={conv_impl!r} is not one of {CONV_IMPLS}: 'auto' picks 'cpu' on the CPU "
+      f"backend and 'xla' (lax.conv) on GPU/TPU."
+    )
   if conv_impl == "auto":
     return jax.default_backend() == "cpu"
   return conv_impl == "cpu"
@@ -47,8 +49,9 @@ def _is_one(values: int | Sequence[int] | None) -> bool:
   return values is None or all(v == 1 for v in ((values,) if isinstance(values, int) else values))
 
 
-def _taps(x: jax.Array, kernel_size: Sequence[int], strides: Sequence[int],
-          padding: Sequence[tuple[int, int]]) -> list[jax.Array]:
+def _taps(
+  x: jax.Array, kernel_size: Sequence[int], strides: Sequence[int], padding: Sequence[tuple[int, int]]
+) -> list[jax.Array]:
   """The kh*kw strided windows of NHWC `x` zero-padded by `padding` that kernel tap (u, v) multiplies, row-major.
 
   One padded copy, sliced: padding each window on its own lets XLA skip the copy, but its bounds checks in the fused
@@ -57,10 +60,16 @@ def _taps(x: jax.Array, kernel_size: Sequence[int], strides: Sequence[int],
   if any(lo or hi for lo, hi in padding):
     x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
   out_size = [(size - k) // stride + 1 for size, k, stride in zip(x.shape[1:3], kernel_size, strides)]
-  return [lax.slice(x, (0, u, v, 0),
-                    (x.shape[0], u + strides[0] * (out_size[0] - 1) + 1, v + strides[1] * (out_size[1] - 1) + 1,
-                     x.shape[3]), (1, *strides, 1))
-          for u in range(kernel_size[0]) for v in range(kernel_size[1])]
+  return [
+    lax.slice(
+      x,
+      (0, u, v, 0),
+      (x.shape[0], u + strides[0] * (out_size[0] - 1) + 1, v + strides[1] * (out_size[1] - 1) + 1, x.shape[3]),
+      (1, *strides, 1),
+    )
+    for u in range(kernel_size[0])
+    for v in range(kernel_size[1])
+  ]
 
 
 def _accumulation_dtype(dtype: Any) -> Any:
@@ -72,8 +81,9 @@ def _channel_dot(x: jax.Array, kernel: jax.Array, precision: Any, preferred_elem
   """[..., Cin] x [Cin, Cout] -> [..., Cout], a matrix product over the flattened leading axes."""
   if precision is None and preferred_element_type is None:
     return _pixel_product(x, kernel)
-  return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=precision,
-                         preferred_element_type=preferred_element_type)
+  return lax.dot_general(
+    x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=precision, preferred_element_type=preferred_element_type
+  )
 
 
 @jax.custom_vjp
@@ -92,18 +102,28 @@ def _pixel_product_bwd(residuals, grad):
   x, kernel = residuals
   pixels = tuple(range(x.ndim - 1))
   grad_x = lax.dot_general(grad, kernel, (((grad.ndim - 1,), (1,)), ((), ())))
-  grad_kernel = lax.dot_general(x, grad, ((pixels, pixels), ((), ())),
-                                preferred_element_type=_accumulation_dtype(x.dtype))
+  grad_kernel = lax.dot_general(
+    x, grad, ((pixels, pixels), ((), ())), preferred_element_type=_accumulation_dtype(x.dtype)
+  )
   return grad_x, grad_kernel.astype(kernel.dtype)
 
 
 _pixel_product.defvjp(_pixel_product_fwd, _pixel_product_bwd)
 
 
-def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any,
-                         lhs_dilation: Sequence[int] | None = None, rhs_dilation: Sequence[int] | None = None,
-                         dimension_numbers: Any = None, feature_group_count: int = 1, batch_group_count: int = 1,
-                         precision: Any = None, preferred_element_type: Any = None) -> jax.Array:
+def conv_general_dilated(
+  lhs: jax.Array,
+  rhs: jax.Array,
+  window_strides: Sequence[int],
+  padding: Any,
+  lhs_dilation: Sequence[int] | None = None,
+  rhs_dilation: Sequence[int] | None = None,
+  dimension_numbers: Any = None,
+  feature_group_count: int = 1,
+  batch_group_count: int = 1,
+  precision: Any = None,
+  preferred_element_type: Any = None,
+) -> jax.Array:
   """`lax.conv_general_dilated` for `nn.Conv(conv_general_dilated=...)`: NHWC inputs, HWIO kernels.
 
   Plain and depthwise 2-D convolutions without dilation take the fast forms above. The rest falls back to
@@ -114,12 +134,27 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   kh, kw, in_per_group, features = rhs.shape if rhs.ndim == 4 else (0,) * 4
   channels = lhs.shape[-1]
   depthwise = feature_group_count == channels == features and in_per_group == 1
-  if (rhs.ndim != 4 or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != _NHWC_HWIO
-      or not (_is_one(lhs_dilation) and _is_one(rhs_dilation)) or batch_group_count != 1
-      or not (feature_group_count == 1 or depthwise)
-      or (not depthwise and kh * kw > 1 and channels < _MIN_IM2COL_CHANNELS)):
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-                                    feature_group_count, batch_group_count, precision, preferred_element_type)
+  if (
+    rhs.ndim != 4
+    or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != _NHWC_HWIO
+    or not (_is_one(lhs_dilation) and _is_one(rhs_dilation))
+    or batch_group_count != 1
+    or not (feature_group_count == 1 or depthwise)
+    or (not depthwise and kh * kw > 1 and channels < _MIN_IM2COL_CHANNELS)
+  ):
+    return lax.conv_general_dilated(
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation,
+      rhs_dilation,
+      dimension_numbers,
+      feature_group_count,
+      batch_group_count,
+      precision,
+      preferred_element_type,
+    )
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), window_strides, padding)
   padding = tuple(tuple(pair) for pair in padding)
@@ -132,8 +167,9 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   return _channel_dot(patches, rhs.reshape(kh * kw * channels, features), precision, preferred_element_type)
 
 
-def _depthwise_multiply_add(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
-                            padding: tuple[tuple[int, int], ...]) -> jax.Array:
+def _depthwise_multiply_add(
+  x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: tuple[tuple[int, int], ...]
+) -> jax.Array:
   kh, kw, _, channels = kernel.shape
   accumulate = _accumulation_dtype(x.dtype)
   weights = kernel.reshape(kh * kw, channels).astype(accumulate)
@@ -142,8 +178,9 @@ def _depthwise_multiply_add(x: jax.Array, kernel: jax.Array, strides: tuple[int,
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _depthwise_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
-                    padding: tuple[tuple[int, int], ...]) -> jax.Array:
+def _depthwise_conv(
+  x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: tuple[tuple[int, int], ...]
+) -> jax.Array:
   """A depthwise convolution (HWIO kernel (kh, kw, 1, C)) as kh*kw shifted multiply-adds, one fused loop.
 
   Its VJP is written out because autodiff of the multiply-adds keeps all kh*kw shifted copies of the input for the
@@ -161,16 +198,20 @@ def _depthwise_conv_bwd(strides, padding, residuals, grad):
   accumulate = _accumulation_dtype(x.dtype)
   (top, _), (left, _) = padding
   height, width = x.shape[1:3]
-  if strides == (2, 2) and kernel.shape[:2] == (3, 3) and top + height <= 2 * grad.shape[1] \
-      and left + width <= 2 * grad.shape[2]:
+  if (
+    strides == (2, 2)
+    and kernel.shape[:2] == (3, 3)
+    and top + height <= 2 * grad.shape[1]
+    and left + width <= 2 * grad.shape[2]
+  ):
     # Stride 2: tap (u, v) of output pixel (i, j) read padded input pixel (2i + u, 2j + v), exactly where a 3x3
     # stride-2 transpose conv puts it: one fused loop over the four phases (autodiff's transpose of the strided
     # windows is nine zero-interleaved pads, whose index arithmetic costs several times more).
     taps = grad.astype(accumulate)[:, :, :, None, None, :] * kernel[:, :, 0, :].astype(accumulate)
-    grad_x = _phases_to_image(taps)[:, top:top + height, left:left + width].astype(x.dtype)
+    grad_x = _phases_to_image(taps)[:, top : top + height, left : left + width].astype(x.dtype)
   else:  # The transpose of the (linear in x) multiply-adds: shifted multiply-adds of `grad` again.
     _, input_vjp = jax.vjp(lambda x: _depthwise_multiply_add(x, kernel, strides, padding), x)
-    grad_x, = input_vjp(grad)
+    (grad_x,) = input_vjp(grad)
   # The kernel gradient: tap (u, v) pairs output pixel (i, j) with input pixel (s*i + u - pad, s*j + v - pad), so
   # it is the sum of `x` times `grad` spread (stride - 1 zeros between pixels) and moved to tap (u, v)'s offset.
   # Moving `grad` rather than windowing `x` keeps XLA from computing windows of `x` early (they would depend on
@@ -226,7 +267,7 @@ def _image_to_phases(image: jax.Array) -> jax.Array:
 
 
 def _part_slices(part_channels: Sequence[int]) -> list[slice]:
-  ends = [sum(part_channels[:index + 1]) for index in range(len(part_channels))]
+  ends = [sum(part_channels[: index + 1]) for index in range(len(part_channels))]
   return [slice(end - channels, end) for end, channels in zip(ends, part_channels)]
 
 
@@ -243,16 +284,21 @@ def _tap_product(x: jax.Array, kernel: jax.Array) -> jax.Array:
   would first copy the kernel to [Cin, 9*Cout] in a separate, slow loop on every call (up_1's is 10 MB).
   """
   n, h, w, channels = x.shape
-  taps = lax.dot_general(x.reshape(n * h * w, channels), kernel.reshape(-1, channels), (((1,), (1,)), ((), ())),
-                         preferred_element_type=_accumulation_dtype(x.dtype))
+  taps = lax.dot_general(
+    x.reshape(n * h * w, channels),
+    kernel.reshape(-1, channels),
+    (((1,), (1,)), ((), ())),
+    preferred_element_type=_accumulation_dtype(x.dtype),
+  )
   return taps.reshape(n, h, w, 3, 3, kernel.shape[2])
 
 
 def _conv_transpose_fwd(part_channels, parts, kernel):
   if len(parts) > 1 and 9 * kernel.shape[2] < sum(part_channels):
     # Few outputs (the logits layer): adding per-part products moves less memory than concatenating the inputs.
-    taps = sum(_tap_product(part, kernel[..., part_slice])
-               for part, part_slice in zip(parts, _part_slices(part_channels)))
+    taps = sum(
+      _tap_product(part, kernel[..., part_slice]) for part, part_slice in zip(parts, _part_slices(part_channels))
+    )
   else:
     taps = _tap_product(parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1), kernel)
   return _phases_to_image(taps).astype(parts[0].dtype), (parts, kernel)
@@ -266,15 +312,22 @@ def _conv_transpose_bwd(part_channels, residuals, grad):
   grad_taps = _image_to_phases(grad)
   grad_parts, grad_kernel = [], []
   for part, part_slice in zip(parts, _part_slices(part_channels)):
-    grad_parts.append(lax.dot_general(grad_taps, kernel[..., part_slice], (((3, 4, 5), (0, 1, 2)), ((), ())),
-                                      preferred_element_type=accumulate).astype(part.dtype))
+    grad_parts.append(
+      lax.dot_general(
+        grad_taps, kernel[..., part_slice], (((3, 4, 5), (0, 1, 2)), ((), ())), preferred_element_type=accumulate
+      ).astype(part.dtype)
+    )
     # XLA:CPU transposes the first operand of a product over pixels: make it the narrower of the two.
     if part.shape[-1] <= 9 * grad.shape[-1]:
-      grad_kernel.append(lax.dot_general(part, grad_taps, (((0, 1, 2), (0, 1, 2)), ((), ())),
-                                         preferred_element_type=accumulate).transpose(1, 2, 3, 0))
+      grad_kernel.append(
+        lax.dot_general(
+          part, grad_taps, (((0, 1, 2), (0, 1, 2)), ((), ())), preferred_element_type=accumulate
+        ).transpose(1, 2, 3, 0)
+      )
     else:
-      grad_kernel.append(lax.dot_general(grad_taps, part, (((0, 1, 2), (0, 1, 2)), ((), ())),
-                                         preferred_element_type=accumulate))
+      grad_kernel.append(
+        lax.dot_general(grad_taps, part, (((0, 1, 2), (0, 1, 2)), ((), ())), preferred_element_type=accumulate)
+      )
   grad_kernel = jnp.concatenate(grad_kernel, axis=3)
   return tuple(grad_parts), grad_kernel.astype(kernel.dtype)
 
@@ -298,6 +351,7 @@ class ConvTranspose3x3Stride2(nn.Module):
   """`nn.ConvTranspose(features, (3, 3), strides=(2, 2), padding="SAME", transpose_kernel=True)` computed by
   `conv_transpose_3x3_stride2`: the same parameters ("kernel" (3, 3, features, in), "bias"), the same initial
   values for the same name, the same outputs."""
+
   features: int
   use_bias: bool = True
   kernel_init: Any = nn.initializers.lecun_normal()
@@ -308,8 +362,7 @@ class ConvTranspose3x3Stride2(nn.Module):
   def __call__(self, x: jax.Array | Sequence[jax.Array]) -> jax.Array:
     """`x`: the input, or the parts it is the channel concatenation of (see `conv_transpose_3x3_stride2`)."""
     parts = tuple(x) if isinstance(x, Sequence) else (x,)
-    kernel = self.param("kernel", self.kernel_init, (3, 3, self.features, sum(p.shape[-1] for p in parts)),
-                        jnp.float32)
+    kernel = self.param("kernel", self.kernel_init, (3, 3, self.features, sum(p.shape[-1] for p in parts)), jnp.float32)
     bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
     *parts, kernel, bias = nn.dtypes.promote_dtype(*parts, kernel, bias, dtype=self.dtype)
     y = conv_transpose_3x3_stride2(parts, kernel)

@@ -26,11 +26,21 @@ TAPS = (
 # (expansion, output filters before alpha, stride) of Keras' inverted residual blocks 0..16.
 BLOCKS = (
   (1, 16, 1),
-  (6, 24, 2), (6, 24, 1),
-  (6, 32, 2), (6, 32, 1), (6, 32, 1),
-  (6, 64, 2), (6, 64, 1), (6, 64, 1), (6, 64, 1),
-  (6, 96, 1), (6, 96, 1), (6, 96, 1),
-  (6, 160, 2), (6, 160, 1), (6, 160, 1),
+  (6, 24, 2),
+  (6, 24, 1),
+  (6, 32, 2),
+  (6, 32, 1),
+  (6, 32, 1),
+  (6, 64, 2),
+  (6, 64, 1),
+  (6, 64, 1),
+  (6, 64, 1),
+  (6, 96, 1),
+  (6, 96, 1),
+  (6, 96, 1),
+  (6, 160, 2),
+  (6, 160, 1),
+  (6, 160, 1),
   (6, 320, 1),
 )
 # The width multipliers Keras publishes ImageNet weights for.
@@ -40,14 +50,16 @@ KERAS_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 _KERAS_KERNEL_INIT = nn.initializers.glorot_uniform()
 
 
-def batch_norm(x: jax.Array, *, train: bool, real_examples: jax.Array | None, momentum: float, dtype: Any,
-               name: str) -> jax.Array:
+def batch_norm(
+  x: jax.Array, *, train: bool, real_examples: jax.Array | None, momentum: float, dtype: Any, name: str
+) -> jax.Array:
   """Keras' BatchNormalization (epsilon 1e-3). In training, `real_examples` (bool [N], None for all) picks the rows
   whose batch statistics count: a padded batch normalises and updates the running statistics as its real rows alone
   would."""
   mask = None if real_examples is None else real_examples[:, None, None, None]
   return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=1e-3, dtype=dtype, name=name)(
-      x, mask=mask)
+    x, mask=mask
+  )
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -80,6 +92,7 @@ class MobileNetV2(nn.Module):
   convolutions compute: "xla" (`lax.conv`), "cpu" (`cpu_ops`: matrix products and fused loops, the fast form on
   XLA:CPU) or "auto" (the "cpu" form on the CPU backend); the parameters are the same for all.
   """
+
   alpha: float = 1.0
   dtype: Any = jnp.float32
   conv_impl: str = "auto"
@@ -87,25 +100,35 @@ class MobileNetV2(nn.Module):
   # running statistics that inference uses are still mostly their initial values.
   bn_momentum: float = 0.999
 
-  def _conv(self, name: str, features: int, kernel_size: int, strides: int = 1, padding: Any = "SAME",
-            depthwise: bool = False) -> nn.Conv:
+  def _conv(
+    self, name: str, features: int, kernel_size: int, strides: int = 1, padding: Any = "SAME", depthwise: bool = False
+  ) -> nn.Conv:
     """Every convolution of the network is built here (bias-free, as in Keras).
 
     A depthwise conv is a grouped conv with kernel (kh, kw, 1, C); Keras stores it as (kh, kw, C, 1). Another way of
     computing a layer (e.g. a CPU fast path) belongs here and must keep these parameter names and shapes.
     """
     return nn.Conv(
-      features, (kernel_size, kernel_size), strides=strides, padding=padding,
-      feature_group_count=features if depthwise else 1, use_bias=False, dtype=self.dtype,
-      kernel_init=_KERAS_KERNEL_INIT, name=name,
-      conv_general_dilated=cpu_ops.conv_general_dilated if cpu_ops.use_cpu_ops(self.conv_impl) else None)
+      features,
+      (kernel_size, kernel_size),
+      strides=strides,
+      padding=padding,
+      feature_group_count=features if depthwise else 1,
+      use_bias=False,
+      dtype=self.dtype,
+      kernel_init=_KERAS_KERNEL_INIT,
+      name=name,
+      conv_general_dilated=cpu_ops.conv_general_dilated if cpu_ops.use_cpu_ops(self.conv_impl) else None,
+    )
 
   def _batch_norm(self, name: str, x: jax.Array, train: bool, real_examples: jax.Array | None) -> jax.Array:
-    return batch_norm(x, train=train, real_examples=real_examples, momentum=self.bn_momentum, dtype=self.dtype,
-                      name=name)
+    return batch_norm(
+      x, train=train, real_examples=real_examples, momentum=self.bn_momentum, dtype=self.dtype, name=name
+    )
 
-  def _inverted_res_block(self, x: jax.Array, block_id: int, train: bool, real_examples: jax.Array | None,
-                          features: dict[str, jax.Array]) -> jax.Array:
+  def _inverted_res_block(
+    self, x: jax.Array, block_id: int, train: bool, real_examples: jax.Array | None, features: dict[str, jax.Array]
+  ) -> jax.Array:
     """Keras' `_inverted_res_block`, recording the tapped activations into `features`."""
     expansion, filters, stride = BLOCKS[block_id]
     prefix = block_prefix(block_id)
@@ -130,8 +153,9 @@ class MobileNetV2(nn.Module):
     return x
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False,
-               real_examples: jax.Array | None = None) -> tuple[jax.Array, ...]:
+  def __call__(
+    self, x: jax.Array, train: bool = False, real_examples: jax.Array | None = None
+  ) -> tuple[jax.Array, ...]:
     features: dict[str, jax.Array] = {}
     # Keras' first conv is 'same' with stride 2, i.e. TF 'SAME' padding, which lax's 'SAME' reproduces exactly.
     x = self._conv("Conv1", make_divisible(32 * self.alpha), 3, strides=2)(x)

@@ -23,8 +23,17 @@ _PIX2PIX_KERNEL_INIT = nn.initializers.normal(stddev=0.02)  # pix2pix.upsample's
 _KERAS_KERNEL_INIT = nn.initializers.glorot_uniform()  # Keras' default, for the last Conv2DTranspose.
 
 
-def upsample_conv(x: jax.Array | Sequence[jax.Array], features: int, *, mode: str, use_bias: bool, kernel_init: Any,
-                  dtype: Any, name: str, conv_impl: str = "auto") -> jax.Array:
+def upsample_conv(
+  x: jax.Array | Sequence[jax.Array],
+  features: int,
+  *,
+  mode: str,
+  use_bias: bool,
+  kernel_init: Any,
+  dtype: Any,
+  name: str,
+  conv_impl: str = "auto",
+) -> jax.Array:
   """A 3x3 layer that doubles height and width: Keras' Conv2DTranspose(strides=2, padding='same'), or x2 nearest
   upsampling followed by a 3x3 conv.
 
@@ -37,21 +46,39 @@ def upsample_conv(x: jax.Array | Sequence[jax.Array], features: int, *, mode: st
   """
   cpu = cpu_ops.use_cpu_ops(conv_impl)
   if mode == "transpose" and cpu:
-    return cpu_ops.ConvTranspose3x3Stride2(features, use_bias=use_bias, kernel_init=kernel_init, dtype=dtype,
-                                           name=name)(x)
+    return cpu_ops.ConvTranspose3x3Stride2(
+      features, use_bias=use_bias, kernel_init=kernel_init, dtype=dtype, name=name
+    )(x)
   if not isinstance(x, jax.Array):
     x = jnp.concatenate(x, axis=-1)
   if mode == "transpose":
     return nn.ConvTranspose(
-      features, (3, 3), strides=(2, 2), padding="SAME", transpose_kernel=True, use_bias=use_bias,
-      kernel_init=kernel_init, dtype=dtype, name=name)(x)
+      features,
+      (3, 3),
+      strides=(2, 2),
+      padding="SAME",
+      transpose_kernel=True,
+      use_bias=use_bias,
+      kernel_init=kernel_init,
+      dtype=dtype,
+      name=name,
+    )(x)
   x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-  return nn.Conv(features, (3, 3), padding="SAME", use_bias=use_bias, kernel_init=kernel_init, dtype=dtype,
-                 name=name, conv_general_dilated=cpu_ops.conv_general_dilated if cpu else None)(x)
+  return nn.Conv(
+    features,
+    (3, 3),
+    padding="SAME",
+    use_bias=use_bias,
+    kernel_init=kernel_init,
+    dtype=dtype,
+    name=name,
+    conv_general_dilated=cpu_ops.conv_general_dilated if cpu else None,
+  )(x)
 
 
 class UpsampleBlock(nn.Module):
   """pix2pix.upsample: upsampling conv (no bias), BatchNorm with Keras' defaults, optional dropout, ReLU."""
+
   filters: int
   upsample: str = "transpose"
   dropout_rate: float = 0.0
@@ -60,10 +87,19 @@ class UpsampleBlock(nn.Module):
   bn_momentum: float = 0.99  # Keras' BatchNormalization default.
 
   @nn.compact
-  def __call__(self, x: jax.Array | Sequence[jax.Array], train: bool = False,
-               real_examples: jax.Array | None = None) -> jax.Array:
-    x = upsample_conv(x, self.filters, mode=self.upsample, use_bias=False, kernel_init=_PIX2PIX_KERNEL_INIT,
-                      dtype=self.dtype, name="conv", conv_impl=self.conv_impl)
+  def __call__(
+    self, x: jax.Array | Sequence[jax.Array], train: bool = False, real_examples: jax.Array | None = None
+  ) -> jax.Array:
+    x = upsample_conv(
+      x,
+      self.filters,
+      mode=self.upsample,
+      use_bias=False,
+      kernel_init=_PIX2PIX_KERNEL_INIT,
+      dtype=self.dtype,
+      name="conv",
+      conv_impl=self.conv_impl,
+    )
     x = batch_norm(x, train=train, real_examples=real_examples, momentum=self.bn_momentum, dtype=self.dtype, name="bn")
     if self.dropout_rate:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -80,6 +116,7 @@ class UNet(nn.Module):
   `trainable=False`, so its batch_stats never change (masking its parameters out of the update is the optimizer's job).
   Dropout draws from the "dropout" rng collection. `conv_impl` ("auto" | "xla" | "cpu") as in `MobileNetV2`.
   """
+
   num_classes: int = 3
   alpha: float = 1.0
   decoder_filters: Sequence[int] = (512, 256, 128, 64)
@@ -97,7 +134,8 @@ class UNet(nn.Module):
     if len(self.decoder_filters) != len(TAPS) - 1:
       raise errors.ConfigError(
         f"UNet(decoder_filters={tuple(self.decoder_filters)}) needs {len(TAPS) - 1} entries, one upsample block per "
-        f"encoder skip, e.g. (512, 256, 128, 64).")
+        f"encoder skip, e.g. (512, 256, 128, 64)."
+      )
     if images.ndim != 4 or images.shape[-1] != 3:
       raise errors.ConfigError(f"UNet expects RGB images shaped [N, H, W, 3]; got shape {images.shape}.")
     height, width = images.shape[1:3]
@@ -106,7 +144,8 @@ class UNet(nn.Module):
         f"UNet needs height and width that are multiples of {INPUT_MULTIPLE} (the encoder's output stride); got "
         f"{height}x{width}. Resize or crop the images, e.g. to "
         f"{max(INPUT_MULTIPLE, height // INPUT_MULTIPLE * INPUT_MULTIPLE)}x"
-        f"{max(INPUT_MULTIPLE, width // INPUT_MULTIPLE * INPUT_MULTIPLE)}.")
+        f"{max(INPUT_MULTIPLE, width // INPUT_MULTIPLE * INPUT_MULTIPLE)}."
+      )
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False, real_examples: jax.Array | None = None) -> jax.Array:
@@ -116,11 +155,20 @@ class UNet(nn.Module):
     skips = encoder(images, train=train and not self.freeze_encoder, real_examples=real_examples)
     x = skips[-1]
     for index, (filters, skip) in enumerate(zip(self.decoder_filters, reversed(skips[:-1]))):
-      x = UpsampleBlock(filters, self.upsample, self.dropout_rate, self.dtype, self.conv_impl,
-                        **momentum, name=f"up_{index}")(x, train, real_examples)
+      x = UpsampleBlock(
+        filters, self.upsample, self.dropout_rate, self.dtype, self.conv_impl, **momentum, name=f"up_{index}"
+      )(x, train, real_examples)
       x = (x, skip)  # Concatenated along channels by the next upsampling conv.
-    x = upsample_conv(x, self.num_classes, mode=self.upsample, use_bias=True, kernel_init=_KERAS_KERNEL_INIT,
-                      dtype=self.dtype, name="last", conv_impl=self.conv_impl)
+    x = upsample_conv(
+      x,
+      self.num_classes,
+      mode=self.upsample,
+      use_bias=True,
+      kernel_init=_KERAS_KERNEL_INIT,
+      dtype=self.dtype,
+      name="last",
+      conv_impl=self.conv_impl,
+    )
     return x.astype(jnp.float32)
 
 
@@ -128,12 +176,19 @@ def check_test_time_scales(scales: Sequence[float]) -> None:
   """A clear error for scales `inference_logits` cannot use; the trainer checks before training, not at its first
   eval, so that a typo costs no training."""
   if not scales or min(scales) <= 0:
-    raise errors.ConfigError(f"Test-time scales {tuple(scales)} must be positive factors, e.g. (0.75, 1.0, 1.25); "
-                             f"(1.0,) evaluates the images as they are (config.eval_scales).")
+    raise errors.ConfigError(
+      f"Test-time scales {tuple(scales)} must be positive factors, e.g. (0.75, 1.0, 1.25); "
+      f"(1.0,) evaluates the images as they are (config.eval_scales)."
+    )
 
 
-def inference_logits(model: nn.Module, variables: dict[str, Any], images: jax.Array, flip_average: bool = False,
-                     scales: Sequence[float] = (1.0,)) -> jax.Array:
+def inference_logits(
+  model: nn.Module,
+  variables: dict[str, Any],
+  images: jax.Array,
+  flip_average: bool = False,
+  scales: Sequence[float] = (1.0,),
+) -> jax.Array:
   """Eval-mode logits, optionally test-time augmented (the mean over flips and scales).
 
   Args:
