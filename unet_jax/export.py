@@ -2,11 +2,14 @@
 
 The serving signature takes uint8 RGB images of any size, [N, H, W, 3] (one size per call), and returns
 {"masks": int32 [N, H, W]}. Inside: the predictor's own TF resize to the training size, the JAX model converted with
-`jax2tf` (native serialization: the StableHLO JAX compiles, batch dimension symbolic, weights as tf.Variables), and
-the predictor's logits-to-mask resize back to H x W. So the SavedModel computes what `Predictor` computes.
+`jax2tf` (native serialization: the StableHLO JAX compiles, weights as tf.Variables) and applied to one image at a
+time, and the predictor's logits-to-mask resize back to H x W. So the SavedModel computes what `Predictor` computes.
 
-The StableHLO is lowered for CPU and CUDA (`--platforms`), so the same SavedModel serves on either. TFLite is not
-offered: native serialization emits an XlaCallModule op that the TFLite converter does not support.
+The model is lowered for a static [1, S, S, 3] input: a symbolic batch dimension makes JAX emit a shape check as a
+StableHLO op newer than the one TensorFlow's XlaCallModule reads (TF 2.21 loads no such SavedModel written by
+jax >= 0.11), while static shapes load on every TF this package supports. The StableHLO is lowered for CPU and CUDA
+(`--platforms`), so the same SavedModel serves on either. TFLite is not offered: native serialization emits an
+XlaCallModule op that the TFLite converter does not support.
 """
 
 import functools
@@ -39,7 +42,6 @@ def to_tf_module(predictor: predict.Predictor, platforms: Sequence[str] = ("cpu"
     functools.partial(
       predict.model_logits, predictor.model, predictor.normalization, predictor.flip_average, predictor.scales
     ),
-    polymorphic_shapes=[None, f"(b, {size}, {size}, 3)"],
     with_gradient=False,
     native_serialization_platforms=tuple(platforms),
   )
@@ -47,10 +49,12 @@ def to_tf_module(predictor: predict.Predictor, platforms: Sequence[str] = ("cpu"
   # Variables (not constants folded into the graph): the SavedModel stores the weights once, as checkpoint files.
   module.weights = jax.tree.map(lambda x: tf.Variable(x, trainable=False), jax.device_get(predictor.variables))
   weights = module.weights
+  image_logits = tf.TensorSpec([size, size, predictor.num_classes], tf.float32)
 
   @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")], autograph=False)
   def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
-    logits = logits_fn(weights, data.resize_image(images, size))
+    resized = data.resize_image(images, size)
+    logits = tf.map_fn(lambda image: logits_fn(weights, image[None])[0], resized, fn_output_signature=image_logits)
     return {"masks": predict.masks_from_logits(logits, tf.shape(images)[1:3])}
 
   module.serve = serve
