@@ -17,6 +17,11 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # On every worker (paths relative to the ssh user's home directory).
 REMOTE_SRC_DIR="unet_jax"
 REMOTE_LOG="unet_jax_train.log"
+# The workers' Python: the virtual environment install.sh creates in the source tree (the images' own python3
+# is too old for this package). Written for remote command lines: $HOME expands on the worker, so the path
+# holds from any directory (train.sh runs it from inside REMOTE_SRC_DIR).
+REMOTE_VENV="\$HOME/$REMOTE_SRC_DIR/.venv"
+REMOTE_PYTHON="$REMOTE_VENV/bin/python"
 
 die() {
   echo "$(basename "$0"): $*" >&2

@@ -4,10 +4,11 @@
 #   launch/prepare_data.sh --data-dir gs://BUCKET/tfds [--dataset NAME] [--here]
 #                          [--name NAME] [--zone ZONE] [--project PROJECT] [--dry-run]
 #
-# By default it runs on worker 0 of the TPU VM (after launch/install.sh), which sits next to the bucket;
-# --here runs it on this machine instead (needs this package installed and gcloud credentials for
-# TensorFlow's gs:// access: gcloud auth application-default login). Training then reads the prepared
-# records with --data-dir on launch/train.sh; the download (about 800 MB for oxford_iiit_pet) happens once.
+# By default it runs on worker 0 of the TPU VM, in the venv launch/install.sh made, next to the bucket;
+# --here runs it on this machine instead, with the python3 on PATH (needs this package installed there and
+# gcloud credentials for TensorFlow's gs:// access: gcloud auth application-default login). Training then
+# reads the prepared records with --data-dir on launch/train.sh; the download (about 800 MB for
+# oxford_iiit_pet) happens once.
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -27,10 +28,10 @@ done
 
 [[ -n "$DATA_DIR" ]] || die "--data-dir gs://BUCKET/tfds is required (see --help)"
 require_gs_path --data-dir "$DATA_DIR"
-prepare=(python3 -c "import sys, tensorflow_datasets as tfds; tfds.builder(sys.argv[1], data_dir=sys.argv[2]).download_and_prepare()"
+prepare=(-c "import sys, tensorflow_datasets as tfds; tfds.builder(sys.argv[1], data_dir=sys.argv[2]).download_and_prepare()"
   "$DATASET" "$DATA_DIR")
 if ((HERE)); then
-  run "${prepare[@]}"
+  run python3 "${prepare[@]}"
 else
-  on_workers 0 "$(quote "${prepare[@]}")"
+  on_workers 0 "$REMOTE_PYTHON $(quote "${prepare[@]}")"
 fi

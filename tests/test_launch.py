@@ -7,6 +7,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 
 import pytest
@@ -17,6 +18,7 @@ LAUNCH_DIR = pathlib.Path(__file__).resolve().parents[1] / "launch"
 SCRIPTS = sorted(LAUNCH_DIR.glob("*.sh"))
 POD = ["--name", "seg-pod", "--zone=europe-west4-a", "--project", "my-proj"]
 WORKDIR = "gs://my-bucket/pets-run"
+VENV = "$HOME/unet_jax/.venv"  # as the remote commands spell it: $HOME expands on the worker.
 
 
 @pytest.fixture
@@ -27,9 +29,11 @@ def fake_tools(tmp_path, monkeypatch):
   bin_dir.mkdir()
   for tool in ("gcloud", "git"):
     fake = bin_dir / tool
-    fake.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
-                    f"argv = [os.path.basename(sys.argv[0]), *sys.argv[1:]]\n"
-                    f"open({str(record)!r}, 'a').write(json.dumps(argv) + '\\n')\n")
+    fake.write_text(
+      f"#!{sys.executable}\nimport json, os, sys\n"
+      f"argv = [os.path.basename(sys.argv[0]), *sys.argv[1:]]\n"
+      f"open({str(record)!r}, 'a').write(json.dumps(argv) + '\\n')\n"
+    )
     fake.chmod(0o755)
   monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
   for name in ("TPU_NAME", "TPU_ZONE", "TPU_PROJECT"):
@@ -41,6 +45,11 @@ def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
   return subprocess.run(["bash", str(LAUNCH_DIR / name), *args], capture_output=True, text=True, timeout=60)
 
 
+def dry_run(name: str, *args: str) -> list[list[str]]:
+  """The commands a script prints with --dry-run, each as its words."""
+  return [shlex.split(line) for line in run_script(name, "--dry-run", *args).stdout.splitlines()]
+
+
 def calls(record: pathlib.Path) -> list[list[str]]:
   return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
 
@@ -50,15 +59,32 @@ def remote_command(argv: list[str]) -> str:
   return argv[argv.index("--command") + 1]
 
 
+def remote_steps(argv: list[str]) -> list[list[str]]:
+  """The words of each `&&`-joined step of a remote command that starts with `set -e; `."""
+  command = remote_command(argv)
+  assert command.startswith("set -e; "), command
+  return [shlex.split(step) for step in command.removeprefix("set -e; ").split(" && ")]
+
+
 POD_STEPS = [
-    ("create.sh", ["--accelerator", "v4-32", "--spot"]),
-    ("install.sh", []),
-    ("prepare_data.sh", ["--data-dir", "gs://my-bucket/tfds"]),
-    ("train.sh", ["--workdir", WORKDIR, "--data-dir", "gs://my-bucket/tfds", "--", "--config.batch_size=128",
-                  "--config.model.pretrained=/path with spaces/w.h5"]),
-    ("logs.sh", []),
-    ("checkpoints.sh", ["list", "--workdir", WORKDIR]),
-    ("delete.sh", ["--yes"]),
+  ("create.sh", ["--accelerator", "v4-32", "--spot"]),
+  ("install.sh", []),
+  ("prepare_data.sh", ["--data-dir", "gs://my-bucket/tfds"]),
+  (
+    "train.sh",
+    [
+      "--workdir",
+      WORKDIR,
+      "--data-dir",
+      "gs://my-bucket/tfds",
+      "--",
+      "--config.batch_size=128",
+      "--config.model.pretrained=/path with spaces/w.h5",
+    ],
+  ),
+  ("logs.sh", []),
+  ("checkpoints.sh", ["list", "--workdir", WORKDIR]),
+  ("delete.sh", ["--yes"]),
 ]
 
 
@@ -76,27 +102,66 @@ def test_dry_run_prints_exactly_what_a_real_run_executes(fake_tools, script, arg
 
 
 def test_pod_slice_dry_run_creates_installs_trains_on_all_workers_and_deletes(fake_tools):
-  printed = {script: [shlex.split(line) for line in run_script(script, "--dry-run", *POD, *args).stdout.splitlines()]
-             for script, args in POD_STEPS}
+  printed = {script: dry_run(script, *POD, *args) for script, args in POD_STEPS}
   location = ["--zone=europe-west4-a", "--project=my-proj"]
 
-  assert printed["create.sh"] == [["gcloud", "compute", "tpus", "tpu-vm", "create", "seg-pod", *location,
-                                   "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base", "--spot"]]
+  assert printed["create.sh"] == [
+    [
+      "gcloud",
+      "compute",
+      "tpus",
+      "tpu-vm",
+      "create",
+      "seg-pod",
+      *location,
+      "--accelerator-type=v4-32",
+      "--version=tpu-ubuntu2204-base",
+      "--spot",
+    ]
+  ]
   archive, scp, install = printed["install.sh"]
-  assert archive[:2] == ["git", "-C"] and "archive" in archive
-  assert scp[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"] and "--worker=all" in scp
-  assert install[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "seg-pod"] and "--worker=all" in install
-  assert "pip install -q -e ./unet_jax" in remote_command(install)
-  assert "jax[tpu]==" in remote_command(install)
+  assert archive[:2] == ["git", "-C"] and archive[3:5] == ["archive", "--format=tar.gz"] and archive[-1] == "HEAD"
+  local_archive = archive[5].removeprefix("--output=")
+  shipped = "unet_jax-src.tar.gz"
+  assert scp[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"]
+  assert scp[5:] == [local_archive, f"seg-pod:{shipped}", *location, "--worker=all"]
+  assert install[5:9] == ["seg-pod", *location, "--worker=all"]
+  steps = remote_steps(install)
+  assert steps[:3] == [
+    ["rm", "-rf", "unet_jax"],
+    ["mkdir", "-p", "unet_jax"],
+    ["tar", "-xzf", shipped, "-C", "unet_jax"],
+  ]
+  get_uv, make_venv, install_package, check = steps[3:]
+  assert get_uv[:6] == ["PIP_BREAK_SYSTEM_PACKAGES=1", "python3", "-m", "pip", "install", "-q"]
+  assert "--user" in get_uv and get_uv[-1] == "uv"
+  # The image's python3 only runs uv; the package goes into a venv on Python 3.12, with jax and libtpu from [tpu].
+  assert make_venv == ["python3", "-m", "uv", "venv", "-q", "--python", "3.12", VENV]
+  assert install_package[:6] == ["python3", "-m", "uv", "pip", "install", "-q"]
+  assert install_package[6:] == ["--python", f"{VENV}/bin/python", "-e", "./unet_jax[tpu]"]
+  assert check[:2] == [f"{VENV}/bin/python", "-c"] and "import sys, flax, jax, unet_jax;" in check[2]
+
+  (prepare,) = printed["prepare_data.sh"]
+  assert prepare[5:9] == ["seg-pod", *location, "--worker=0"]
+  prepare_remote = shlex.split(remote_command(prepare))
+  assert prepare_remote[:2] == [f"{VENV}/bin/python", "-c"] and "download_and_prepare()" in prepare_remote[2]
+  assert prepare_remote[3:] == ["oxford_iiit_pet", "gs://my-bucket/tfds"]
 
   (train,) = printed["train.sh"]
   assert train[5:9] == ["seg-pod", *location, "--worker=all"]
   remote = shlex.split(remote_command(train))
   assert remote[:3] == ["cd", "unet_jax", "&&"] and remote[3:5] == ["setsid", "nohup"]
-  trainer = remote[5:remote.index(">")]
-  assert trainer == ["python3", "-m", "unet_jax.train", "--config=configs/pets.py", f"--workdir={WORKDIR}",
-                     "--config.data.data_dir=gs://my-bucket/tfds", "--config.batch_size=128",
-                     "--config.model.pretrained=/path with spaces/w.h5"]
+  trainer = remote[5 : remote.index(">")]
+  assert trainer == [
+    f"{VENV}/bin/python",
+    "-m",
+    "unet_jax.train",
+    "--config=configs/pets.py",
+    f"--workdir={WORKDIR}",
+    "--config.data.data_dir=gs://my-bucket/tfds",
+    "--config.batch_size=128",
+    "--config.model.pretrained=/path with spaces/w.h5",
+  ]
   assert remote[-1] == "&" and "/dev/null" in remote
 
   (logs,) = printed["logs.sh"]
@@ -107,23 +172,101 @@ def test_pod_slice_dry_run_creates_installs_trains_on_all_workers_and_deletes(fa
 
 def test_v5e_gets_its_runtime_version(fake_tools):
   out = run_script("create.sh", "--dry-run", "--accelerator=v5litepod-8", "--zone", "us-west4-a").stdout
-  assert shlex.split(out)[5:] == ["unet-jax", "--zone=us-west4-a", "--accelerator-type=v5litepod-8",
-                                  "--version=v2-alpha-tpuv5-lite"]
+  assert shlex.split(out)[5:] == [
+    "unet-jax",
+    "--zone=us-west4-a",
+    "--accelerator-type=v5litepod-8",
+    "--version=v2-alpha-tpuv5-lite",
+  ]
 
 
-@pytest.mark.parametrize("script, args, message", [
+@pytest.mark.parametrize(
+  "script, args, message",
+  [
     ("train.sh", ["--workdir", "/home/me/run"], "--workdir must be a gs:// path (got '/home/me/run')"),
     ("train.sh", [], "--workdir gs://BUCKET/RUN is required"),
     ("create.sh", ["--accelerator", "tpu9-8"], "no default --version for --accelerator=tpu9-8"),
     ("delete.sh", ["--nmae", "x"], "unknown argument '--nmae'"),
     ("logs.sh", ["--zone"], "--zone needs a value"),
     ("checkpoints.sh", ["--workdir", WORKDIR], "list or fetch"),
-])
+    ("install.sh", ["--python", "3.10"], "--python must be a Python version 3.12 or newer, e.g. 3.12 or 3.13"),
+    ("install.sh", ["--python=3.12.x"], "(got '3.12.x')"),
+  ],
+)
 def test_bad_arguments_fail_before_running_anything(fake_tools, script, args, message):
   result = run_script(script, *args)
   assert result.returncode == 2
   assert message in result.stderr
   assert calls(fake_tools) == []
+
+
+def test_install_python_and_git_url_flags(fake_tools):
+  url = "https://example.com/u.git"
+  (install,) = dry_run("install.sh", "--python=3.13", "--git-url", url, "--git-ref=v1")  # no archive, no scp.
+  steps = remote_steps(install)
+  assert steps[:2] == [["rm", "-rf", "unet_jax"], ["git", "clone", "--depth=1", "--branch=v1", url, "unet_jax"]]
+  assert steps[3] == ["python3", "-m", "uv", "venv", "-q", "--python", "3.13", VENV]
+
+
+@pytest.fixture
+def fake_worker(tmp_path):
+  """A worker's home directory whose python3, and every venv python that its `uv venv` makes, record their calls."""
+  home = tmp_path / "home"
+  (home / "bin").mkdir(parents=True)
+  record = tmp_path / "worker_calls.jsonl"
+  recorder = home / "bin" / "python3"
+  recorder.write_text(
+    f"#!{sys.executable}\nimport json, os, pathlib, shutil, sys\n"
+    f"open({str(record)!r}, 'a').write(json.dumps([sys.argv[0], os.getcwd(), *sys.argv[1:]]) + '\\n')\n"
+    "if sys.argv[1:4] == ['-m', 'uv', 'venv']:\n"
+    "  (pathlib.Path(sys.argv[-1]) / 'bin').mkdir(parents=True)\n"
+    "  shutil.copy(sys.argv[0], pathlib.Path(sys.argv[-1], 'bin', 'python'))\n"
+  )
+  recorder.chmod(0o755)
+  return home, record
+
+
+def run_on_worker(home: pathlib.Path, argv: list[str]) -> None:
+  env = {**os.environ, "HOME": str(home), "PATH": f"{home / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+  result = subprocess.run(["bash", "-c", remote_command(argv)], cwd=home, env=env, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
+
+
+def test_remote_commands_run_on_a_worker_with_the_venv_python(fake_tools, fake_worker):
+  # The commands the scripts send, run by bash in a stand-in home: $HOME expands there, the [tpu] extra reaches
+  # uv as one word (a file that the unquoted glob would match is in the way), the trainer runs from the source tree.
+  home, record = fake_worker
+  with tarfile.open(home / "unet_jax-src.tar.gz", "w:gz") as archive:
+    archive.add(LAUNCH_DIR.parent / "pyproject.toml", arcname="pyproject.toml")
+  (home / "unet_jaxt").touch()
+  venv_python = f"{home}/unet_jax/.venv/bin/python"
+
+  *_, install = dry_run("install.sh")
+  run_on_worker(home, install)
+  python3 = str(home / "bin" / "python3")
+  get_uv, make_venv, install_package, check = calls(record)
+  assert get_uv[:5] == [python3, str(home), "-m", "pip", "install"]
+  assert make_venv == [python3, str(home), "-m", "uv", "venv", "-q", "--python", "3.12", f"{home}/unet_jax/.venv"]
+  assert install_package[2:] == ["-m", "uv", "pip", "install", "-q", "--python", venv_python, "-e", "./unet_jax[tpu]"]
+  assert check[:3] == [venv_python, str(home), "-c"]
+  assert (home / "unet_jax" / "pyproject.toml").exists()
+
+  record.unlink()
+  (prepare,) = dry_run("prepare_data.sh", "--data-dir=gs://b/tfds")
+  run_on_worker(home, prepare)
+  ((*called, dataset, data_dir),) = calls(record)
+  assert called[:3] == [venv_python, str(home), "-c"] and [dataset, data_dir] == ["oxford_iiit_pet", "gs://b/tfds"]
+
+  record.unlink()
+  (train,) = dry_run("train.sh", "--workdir", WORKDIR)
+  run_on_worker(home, train)  # returns at once: the trainer runs detached.
+  deadline = time.monotonic() + 30
+  while not calls(record) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  ((python, cwd, *trainer_args),) = calls(record)
+  assert [python, cwd] == [venv_python, str(home / "unet_jax")]
+  assert trainer_args == ["-m", "unet_jax.train", "--config=configs/pets.py", f"--workdir={WORKDIR}"]
+  assert (home / "unet_jax_train.log").exists()
 
 
 def test_help_is_the_script_header():
@@ -142,9 +285,13 @@ def test_shellcheck(script):
 
 def test_local_launcher_stops_the_others_when_one_process_fails():
   # Process 1 fails at once; process 0 would otherwise sit in a collective (here: a sleep) for a minute.
-  command = [sys.executable, "-c", "import os, sys, time\n"
-             "print('process', os.environ['JAX_PROCESS_ID'], 'of', os.environ['JAX_NUM_PROCESSES'], flush=True)\n"
-             "sys.exit(3) if os.environ['JAX_PROCESS_ID'] == '1' else time.sleep(60)"]
+  command = [
+    sys.executable,
+    "-c",
+    "import os, sys, time\n"
+    "print('process', os.environ['JAX_PROCESS_ID'], 'of', os.environ['JAX_NUM_PROCESSES'], flush=True)\n"
+    "sys.exit(3) if os.environ['JAX_PROCESS_ID'] == '1' else time.sleep(60)",
+  ]
   start = time.monotonic()
   results = launch_local.launch(command, num_processes=2, echo=False)
   assert time.monotonic() - start < 30
