@@ -100,6 +100,7 @@ class MobileNetV2(nn.Module):
   # running statistics that inference uses are still mostly their initial values.
   bn_momentum: float = 0.999
 
+  @nn.nowrap  # Builds a submodule, calls nothing: unwrapped, `tabulate` does not record it as a call.
   def _conv(
     self, name: str, features: int, kernel_size: int, strides: int = 1, padding: Any = "SAME", depthwise: bool = False
   ) -> nn.Conv:
