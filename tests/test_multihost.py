@@ -99,12 +99,17 @@ def test_their_checkpoint_restores_in_one_process(runs):
   workdir, reference_workdir, _ = runs
   run, reference = checkpointing.load_run(str(workdir)), checkpointing.load_run(str(reference_workdir))
   assert jax.process_count() == 1 and run.step == reference.step == OVERRIDES["num_train_steps"]
-  for collection in ("params", "batch_stats"):
-    jax.tree.map(
-      lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
-      jax.device_get(getattr(run.state, collection)),
-      jax.device_get(getattr(reference.state, collection)),
-    )
+  # Adam moves a weight by about its learning rate whatever the size of its gradient, so where a gradient is near 0
+  # the float rounding of the cross-process reduction can show in a weight as a fraction of a step. Such weights are
+  # few; feeding or reducing the wrong rows would move most weights by whole steps (1e-3 to 3e-3 here).
+  leaves = zip(
+    jax.tree.leaves(jax.device_get((run.state.params, run.state.batch_stats))),
+    jax.tree.leaves(jax.device_get((reference.state.params, reference.state.batch_stats))),
+    strict=True,
+  )
+  differences = np.concatenate([np.abs(np.asarray(x) - np.asarray(y)).ravel() for x, y in leaves])
+  assert np.mean(differences > 1e-6) < 1e-3, f"{np.mean(differences > 1e-6):.2%} of the weights differ by > 1e-6"
+  assert differences.max() < 1e-3, f"a weight differs by {differences.max():.3g}, a whole optimizer step"
 
 
 def test_multi_process_flags_reach_distributed_initialize(tmp_path):
