@@ -35,7 +35,7 @@ def readme_commands() -> list[str]:
 
 
 def test_ci_runs_the_readme_test_command():
-  ci_lines = (REPO_ROOT / ".ci" / "run").read_text().strip().splitlines()
+  ci_lines = [line.strip() for line in (REPO_ROOT / ".ci" / "run").read_text().splitlines()]
   test_commands = [line for line in readme_commands() if "pytest" in line]
   assert test_commands == [test_commands[0]], "README shows one test command"
   assert test_commands[0] in ci_lines, f"CI must run README's test command verbatim: {test_commands[0]!r}"
