@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from unet_jax import default_config, train_state
 from unet_jax.models import MobileNetV2, UNet, cpu_ops
 from unet_jax.models.mobilenet_v2 import correct_pad
 
@@ -83,6 +84,12 @@ def test_the_cpu_transpose_conv_initialises_as_flax_does():
 def test_conv_impl_resolves_by_backend_and_rejects_unknown_names():
   assert cpu_ops.use_cpu_ops("auto") == (jax.default_backend() == "cpu")
   assert cpu_ops.use_cpu_ops("cpu") and not cpu_ops.use_cpu_ops("xla")
+  # "auto" follows the devices a program is compiled for, which an ahead-of-time TPU compile on a CPU host is not.
+  assert [cpu_ops.resolve_conv_impl("auto", platform) for platform in ("cpu", "gpu", "tpu")] == ["cpu", "xla", "xla"]
+  assert cpu_ops.resolve_conv_impl("cpu", "tpu") == "cpu" and cpu_ops.resolve_conv_impl("xla", "cpu") == "xla"
+  model_config = default_config.get_config().model
+  assert train_state.create_model(model_config, "tpu").conv_impl == "xla"
+  assert train_state.create_model(model_config).conv_impl == cpu_ops.resolve_conv_impl("auto")
   with pytest.raises(ValueError, match="conv_impl='gpu' is not one of"):
     UNet(alpha=0.35, conv_impl="gpu").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
 

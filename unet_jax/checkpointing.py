@@ -415,4 +415,4 @@ def load_run(
       step, state = restore_newest_readable(manager, lambda step: train_state.state_to_restore(config, step, mesh))
     else:
       state = restore(manager, step, train_state.state_to_restore(config, step, mesh))
-  return TrainedRun(config, train_state.create_model(config.model), state, step, mesh)
+  return TrainedRun(config, train_state.create_model(config.model, sharding.platform(mesh)), state, step, mesh)

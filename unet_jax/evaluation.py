@@ -49,6 +49,29 @@ def eval_step(
   }
 
 
+def make_eval_fn(config: ml_collections.ConfigDict, model, mesh: jax.sharding.Mesh):
+  """The jitted `eval_step`: state replicated, batch split over the data axis, the sums replicated."""
+  replicated, batch_sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  return jax.jit(
+    functools.partial(
+      eval_step,
+      model=model,
+      num_classes=config.model.num_classes,
+      class_weights=tuple(config.class_weights),
+      dice_weight=config.dice_weight,
+      flip_average=config.eval_flip_average,
+      scales=tuple(config.eval_scales),
+    ),
+    in_shardings=(replicated, batch_sharded),
+    out_shardings={
+      "loss_sum": replicated,
+      "weight_sum": replicated,
+      "confusion": replicated,
+      "predictions": batch_sharded,
+    },
+  )
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalResult:
   """What one evaluation gives: the split's metrics, and the first real examples for the prediction figure."""
@@ -68,25 +91,7 @@ class Evaluator:
 
   def __init__(self, config: ml_collections.ConfigDict, model, mesh: jax.sharding.Mesh):
     self.config, self.mesh = config, mesh
-    replicated, batch_sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    self._step = jax.jit(
-      functools.partial(
-        eval_step,
-        model=model,
-        num_classes=config.model.num_classes,
-        class_weights=tuple(config.class_weights),
-        dice_weight=config.dice_weight,
-        flip_average=config.eval_flip_average,
-        scales=tuple(config.eval_scales),
-      ),
-      in_shardings=(replicated, batch_sharded),
-      out_shardings={
-        "loss_sum": replicated,
-        "weight_sum": replicated,
-        "confusion": replicated,
-        "predictions": batch_sharded,
-      },
-    )
+    self._step = make_eval_fn(config, model, mesh)
     self._dataset = data.eval_dataset(config.data, global_batch_size=config.batch_size)
 
   def run(self, state: TrainState) -> EvalResult:

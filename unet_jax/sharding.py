@@ -1,5 +1,7 @@
 """Data parallelism over every device of every process: one mesh axis, state replicated, batch split along it."""
 
+from collections.abc import Sequence
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -8,9 +10,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
-def make_mesh() -> Mesh:
-  """A 1-D mesh over all devices (all processes). Auto axes: jit propagates shardings (GSPMD) inside the model."""
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh over `devices` (None: all devices of all processes). Auto axes: jit propagates shardings (GSPMD)
+  inside the model. Ahead-of-time compilation passes a TPU topology's compile-only devices."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
+def platform(mesh: Mesh) -> str:
+  """The platform ("cpu", "gpu", "tpu") of the mesh's devices: what programs sharded over it are compiled for."""
+  return mesh.devices.flat[0].platform
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

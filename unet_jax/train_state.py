@@ -18,7 +18,7 @@ import ml_collections
 import optax
 
 from unet_jax import errors, pretrained, sharding
-from unet_jax.models import UNet
+from unet_jax.models import UNet, cpu_ops
 
 ENCODER = "encoder"  # The top-level params/batch_stats entry that holds the MobileNetV2 variables.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -35,7 +35,9 @@ class TrainState:
   rng: jax.Array  # Base key; step s uses fold_in(rng, s), so a resumed run draws the same dropout masks.
 
 
-def create_model(model_config: ml_collections.ConfigDict) -> UNet:
+def create_model(model_config: ml_collections.ConfigDict, platform: str | None = None) -> UNet:
+  """The U-Net of `model_config`, its convolutions formulated for `platform`: the platform of the devices it will be
+  compiled for (`sharding.platform(mesh)`; None: JAX's default backend), which "auto" follows."""
   if model_config.dtype not in DTYPES:
     raise errors.ConfigError(
       f"config.model.dtype={model_config.dtype!r} is not supported; use one of {sorted(DTYPES)}."
@@ -48,7 +50,7 @@ def create_model(model_config: ml_collections.ConfigDict) -> UNet:
     dropout_rate=model_config.dropout_rate,
     freeze_encoder=model_config.freeze_encoder,
     dtype=DTYPES[model_config.dtype],
-    conv_impl=model_config.conv_impl,
+    conv_impl=cpu_ops.resolve_conv_impl(model_config.conv_impl, platform),
     bn_momentum=model_config.bn_momentum if model_config.bn_momentum > 0 else None,
   )
 
@@ -203,4 +205,4 @@ def state_to_restore(config: ml_collections.ConfigDict, step: int, mesh: jax.sha
   phase at `step` fixes the state's structure; the schedule's length does not enter it, so `step` stands in for
   num_train_steps."""
   tx = make_optimizer(config, max(step, 1), train_encoder=encoder_trains(config, step))
-  return abstract_state(config, create_model(config.model), tx, mesh)
+  return abstract_state(config, create_model(config.model, sharding.platform(mesh)), tx, mesh)

@@ -118,7 +118,7 @@ def _derived_steps(config: ml_collections.ConfigDict) -> tuple[int, int, int, in
   return num_train_steps, config.log_every_steps, eval_every, checkpoint_every
 
 
-def _validate(config: ml_collections.ConfigDict) -> None:
+def validate(config: ml_collections.ConfigDict) -> None:
   """Config values that cannot work fail here, before any data is read or anything is written."""
   num_classes = config.model.num_classes
   if config.class_weights and len(config.class_weights) != num_classes:
@@ -215,7 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   a config that cannot work or that would resume the workdir's checkpoints as another model.
   """
   workdir = paths.resolve(workdir)
-  _validate(config)
+  validate(config)
   data.check_global_batch_size(config.batch_size)
   mesh = sharding.make_mesh()
   is_main = jax.process_index() == 0
@@ -229,7 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   interrupted = checkpointing.remove_interrupted_saves(checkpoint_dir)
 
   # Model and optimizers: one per phase (the encoder frozen, then trained), chosen by the step alone.
-  model = train_state.create_model(config.model)
+  model = train_state.create_model(config.model, sharding.platform(mesh))
   phases = {train_state.encoder_trains(config, 0), train_state.encoder_trains(config, num_train_steps)}
   optimizers = {trains: train_state.make_optimizer(config, num_train_steps, train_encoder=trains) for trains in phases}
   train_fns = {trains: make_train_fn(config, model, tx, mesh) for trains, tx in optimizers.items()}

@@ -33,16 +33,23 @@ _MIN_IM2COL_CHANNELS = 8
 _NHWC_HWIO = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 
 
-def use_cpu_ops(conv_impl: str) -> bool:
-  """Whether `conv_impl` ("auto" | "xla" | "cpu") computes with this module; "auto" means on the CPU backend."""
+def use_cpu_ops(conv_impl: str, platform: str | None = None) -> bool:
+  """Whether `conv_impl` ("auto" | "xla" | "cpu") computes with this module; "auto" means when the program runs on
+  CPUs. `platform` is the platform of the devices the program is compiled for ("cpu", "gpu", "tpu"); None: JAX's
+  default backend. Compiling ahead of time for a TPU from a CPU host is why the two can differ."""
   if conv_impl not in CONV_IMPLS:
     raise errors.ConfigError(
       f"conv_impl={conv_impl!r} is not one of {CONV_IMPLS}: 'auto' picks 'cpu' on the CPU "
       f"backend and 'xla' (lax.conv) on GPU/TPU."
     )
   if conv_impl == "auto":
-    return jax.default_backend() == "cpu"
+    return (platform or jax.default_backend()) == "cpu"
   return conv_impl == "cpu"
+
+
+def resolve_conv_impl(conv_impl: str, platform: str | None = None) -> str:
+  """ "auto" made concrete for `platform` (as in `use_cpu_ops`): what a model compiled for those devices computes."""
+  return "cpu" if use_cpu_ops(conv_impl, platform) else "xla"
 
 
 def _is_one(values: int | Sequence[int] | None) -> bool:
