@@ -23,6 +23,27 @@ _PIX2PIX_KERNEL_INIT = nn.initializers.normal(stddev=0.02)  # pix2pix.upsample's
 _KERAS_KERNEL_INIT = nn.initializers.glorot_uniform()  # Keras' default, for the last Conv2DTranspose.
 
 
+class XlaConvTranspose3x3Stride2(nn.Module):
+  """`nn.ConvTranspose(features, (3, 3), strides=(2, 2), padding="SAME", transpose_kernel=True)` written as the
+  `lax.conv_transpose` that flax's layer calls: the same parameters ("kernel" (3, 3, features, in), "bias"), initial
+  values and outputs. jax2onnx converts this form to an ONNX ConvTranspose; flax's layer with transpose_kernel=True
+  it refuses."""
+
+  features: int
+  use_bias: bool = True
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros_init()
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", self.kernel_init, (3, 3, self.features, x.shape[-1]), jnp.float32)
+    bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = jax.lax.conv_transpose(x, kernel, (2, 2), "SAME", transpose_kernel=True)
+    return y if bias is None else y + bias
+
+
 def upsample_conv(
   x: jax.Array | Sequence[jax.Array],
   features: int,
@@ -37,12 +58,12 @@ def upsample_conv(
   """A 3x3 layer that doubles height and width: Keras' Conv2DTranspose(strides=2, padding='same'), or x2 nearest
   upsampling followed by a 3x3 conv.
 
-  `transpose_kernel=True` stores the kernel as Keras does, (kh, kw, out, in), and applies it as the gradient of a
-  forward conv (spatially flipped, in/out swapped), which is what TF's conv2d_transpose computes; with 'SAME' padding
-  lax pads the dilated input (2, 1), giving exactly Keras' output size 2n and alignment. `conv_impl` as in
-  `MobileNetV2`: the "cpu" form computes the same layer (same parameters) as matrix products. `x` may be the parts
-  (upsampled features, skip) that the layer's input concatenates along channels: the "cpu" form then spares the
-  input gradient of a part that needs none (a frozen encoder's skip).
+  The transpose conv (`transpose_kernel=True`) stores the kernel as Keras does, (kh, kw, out, in), and applies it as
+  the gradient of a forward conv (spatially flipped, in/out swapped), which is what TF's conv2d_transpose computes;
+  with 'SAME' padding lax pads the dilated input (2, 1), giving exactly Keras' output size 2n and alignment.
+  `conv_impl` as in `MobileNetV2`: the "cpu" form computes the same layer (same parameters) as matrix products. `x`
+  may be the parts (upsampled features, skip) that the layer's input concatenates along channels: the "cpu" form
+  then spares the input gradient of a part that needs none (a frozen encoder's skip).
   """
   cpu = cpu_ops.use_cpu_ops(conv_impl)
   if mode == "transpose" and cpu:
@@ -52,17 +73,7 @@ def upsample_conv(
   if not isinstance(x, jax.Array):
     x = jnp.concatenate(x, axis=-1)
   if mode == "transpose":
-    return nn.ConvTranspose(
-      features,
-      (3, 3),
-      strides=(2, 2),
-      padding="SAME",
-      transpose_kernel=True,
-      use_bias=use_bias,
-      kernel_init=kernel_init,
-      dtype=dtype,
-      name=name,
-    )(x)
+    return XlaConvTranspose3x3Stride2(features, use_bias=use_bias, kernel_init=kernel_init, dtype=dtype, name=name)(x)
   x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
   return nn.Conv(
     features,
