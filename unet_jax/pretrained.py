@@ -272,28 +272,34 @@ def unet_variables_from_keras(keras_model: Any) -> Variables:
   """Variables for `UNet` from a Keras model built as the TF segmentation tutorial builds it.
 
   That is: the MobileNetV2 down stack (a nested model), pix2pix upsample blocks (Conv2DTranspose without bias,
-  BatchNormalization, optional Dropout, ReLU), and a last Conv2DTranspose with bias.
+  BatchNormalization, optional Dropout, ReLU), and a last Conv2DTranspose with bias. The nearest decoder's Keras
+  form (`keras_export.to_keras`), UpSampling2D then a Conv2D in place of each Conv2DTranspose, converts the same way.
 
   Args:
     keras_model: the built Keras model (its layers' `get_weights()` are read).
 
   Returns:
     {"params", "batch_stats"} for a `UNet` with the same alpha, decoder filters and num_classes, and
-    upsample="transpose".
+    upsample="transpose" (or "nearest" for the UpSampling2D form).
   """
   layers = list(_leaf_layers(keras_model))
   encoder = mobilenet_v2_variables({layer.name: layer.get_weights() for layer in layers}, source=keras_model.name)
-  transposes = [layer for layer in layers if type(layer).__name__ == "Conv2DTranspose"]
+  upsample_convs = [
+    layer
+    for layer in layers
+    if type(layer).__name__ in ("Conv2DTranspose", "Conv2D") and layer.name not in encoder["params"]
+  ]
   decoder_norms = [
     layer for layer in layers if type(layer).__name__ == "BatchNormalization" and layer.name not in encoder["params"]
   ]
-  if not transposes or len(transposes) - 1 != len(decoder_norms) or len(transposes[-1].get_weights()) != 2:
+  if not upsample_convs or len(upsample_convs) - 1 != len(decoder_norms) or len(upsample_convs[-1].get_weights()) != 2:
     raise errors.ConfigError(
       f"{keras_model.name} is not the tutorial's U-Net: expected upsample blocks of Conv2DTranspose(use_bias=False) + "
-      f"BatchNormalization and a last Conv2DTranspose with bias; found {len(transposes)} Conv2DTranspose and "
-      f"{len(decoder_norms)} decoder BatchNormalization layers."
+      f"BatchNormalization and a last Conv2DTranspose with bias (or Conv2D after UpSampling2D); found "
+      f"{len(upsample_convs)} decoder Conv2DTranspose/Conv2D and {len(decoder_norms)} decoder BatchNormalization "
+      f"layers."
     )
-  *blocks, last = transposes
+  *blocks, last = upsample_convs
   params, batch_stats = {"encoder": encoder["params"]}, {"encoder": encoder["batch_stats"]}
   for index, (conv, norm) in enumerate(zip(blocks, decoder_norms)):
     (kernel,) = conv.get_weights()
