@@ -9,20 +9,22 @@ logits [N, S, S, num_classes]: `predict.model_logits` without the run's test-tim
 exports in float32 (its parameters are float32).
 
 `to_tflite(keras_model, quantize)` converts it with Keras' LiteRT export (`model.export(format="litert")`, which
-runs `tf.lite.TFLiteConverter` on a SavedModel of the model), builtin ops only. Signature "serve", fixed batch 1:
+runs `tf.lite.TFLiteConverter` on a SavedModel of the model), builtin ops only. One signature, "serving_default",
+of a fixed batch of 1:
 - quantize "none" / "float16" (float16 weights, float32 compute): input "images" float32 [1, S, S, 3] RGB 0..255;
   outputs "logits" float32 [1, S, S, num_classes] and "masks" int32 [1, S, S] (their argmax).
 - quantize "int8" (full-integer post-training quantization, calibrated on `representative_images`, e.g.
   `calibration_images` of the run's training stream): input "images" uint8 [1, S, S, 3], the RGB values as they are
-  (its quantization is the identity, scale 1 and zero point 0; the normalisation is folded into the first conv);
+  (its quantization is the identity, scale 1 and zero point 0; the normalisation runs inside the graph);
   output "masks" int32 [1, S, S]. Logits are not an output: as int8 they would only approximate the argmax already
   taken inside the graph.
 On a device, resize the camera image to S x S bilinearly first (as `data.resize_image` does: `tf.image.resize`,
 half-pixel centres, no antialiasing), and bring the S x S mask back to the image's size by nearest neighbour, or
 resize the float logits bilinearly before the argmax as `predict.Predictor` does.
 
-`run_tflite(model, images)` runs a model back in the TFLite interpreter, `TFLITE_MASK_AGREEMENT` is the fraction of
-mask pixels that must equal the JAX model's per quantize mode.
+`run_tflite(model, images)` runs a model back in LiteRT's interpreter (`ai_edge_litert`, else TensorFlow's
+`tf.lite.Interpreter`); `TFLITE_MASK_AGREEMENT` is the fraction of mask pixels that must equal the JAX model's, per
+quantize mode.
 """
 
 import os
