@@ -1,7 +1,7 @@
 """A trained run as a file another runtime serves: `python -m unet_jax.export --workdir DIR --output PATH
 [--format savedmodel|keras|tflite|onnx] [--quantize none|float16|int8]`.
 
-Formats (one Python function each; `export_run` is what the command runs):
+Formats (each written and checked by `export_checked_<format>`; `export_run` is what the command runs):
 - `savedmodel` (the default; `export_saved_model`): a TF SavedModel whose serving signature takes uint8 RGB images of
   any size, [N, H, W, 3] (one size per call), and returns {"masks": int32 [N, H, W]}. Inside: the predictor's own TF
   resize to the training size, the JAX model converted with `jax2tf` (native serialization: the StableHLO JAX
@@ -36,17 +36,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import keras
 import ml_collections
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
 from jax.experimental import jax2tf
 
-from unet_jax import checkpointing, cli, data, errors, paths, predict
+from unet_jax import checkpointing, cli, data, errors, keras_export, paths, predict
 
 SIGNATURE_KEY = "serving_default"
 FORMATS = ("savedmodel", "keras", "tflite", "onnx")
-QUANTIZE_CHOICES = ("none", "float16", "int8")  # keras_export.QUANTIZE_CHOICES, without importing Keras for the flags.
 # The fraction of mask pixels that must equal the JAX model's where TensorFlow runs the same StableHLO or the same
 # float32 arithmetic in another order: only pixels whose top two classes nearly tie may differ.
 FLOAT32_MASK_AGREEMENT = 0.999
@@ -158,10 +158,6 @@ def export_checked_saved_model(
 
 def export_checked_keras(predictor: predict.Predictor, output: str, images: np.ndarray) -> dict[str, Any]:
   """The tutorial's Keras model with the run's weights, saved (`.keras` or `.h5`), loaded back and checked."""
-  import keras
-
-  from unet_jax import keras_export
-
   keras_export.save_keras(keras_export.to_keras(predictor), output)
   logits = keras.saving.load_model(output).predict(images.astype(np.float32), verbose=0)
   want = _jax_logits(predictor, images)
@@ -186,8 +182,6 @@ def export_checked_tflite(
 ) -> dict[str, Any]:
   """A LiteRT file of the Keras model (`quantize`; int8 calibrated on `calibration_steps` batches of `config`'s
   training stream), written, run back in the interpreter and checked."""
-  from unet_jax import keras_export
-
   calibration = keras_export.calibration_images(config, calibration_steps) if quantize == "int8" else None
   content = keras_export.to_tflite(keras_export.to_keras(predictor), quantize, calibration)
   pathlib.Path(output).write_bytes(content)
@@ -248,8 +242,8 @@ def export_run(
   """
   if format not in FORMATS:
     raise errors.ConfigError(f"format={format!r} is not one of {FORMATS}.")
-  if quantize not in QUANTIZE_CHOICES:
-    raise errors.ConfigError(f"quantize={quantize!r} is not one of {QUANTIZE_CHOICES}.")
+  if quantize not in keras_export.QUANTIZE_CHOICES:
+    raise errors.ConfigError(f"quantize={quantize!r} is not one of {keras_export.QUANTIZE_CHOICES}.")
   if quantize != "none" and format != "tflite":
     raise errors.ConfigError(f"quantize={quantize!r} applies to the tflite format only, not {format!r}.")
   output_path = pathlib.Path(output.rstrip("/") or output)
@@ -314,7 +308,9 @@ def _define_flags() -> None:
   flags.DEFINE_string("checkpoint", "latest", f"Which checkpoint: {checkpointing.CHECKPOINT_CHOICES}.")
   flags.DEFINE_string("output", None, "The file (SavedModel: directory) to write, e.g. WORKDIR/model.onnx.")
   flags.DEFINE_enum("format", "savedmodel", FORMATS, "What to write.")
-  flags.DEFINE_enum("quantize", "none", QUANTIZE_CHOICES, "tflite only: float32, float16 weights, or full int8.")
+  flags.DEFINE_enum(
+    "quantize", "none", keras_export.QUANTIZE_CHOICES, "tflite only: float32, float16 weights, or full int8."
+  )
   flags.DEFINE_integer("calibration_steps", 8, "tflite int8: training-stream batches that calibrate the ranges.")
   flags.DEFINE_integer("check_images", 8, "Eval images the exported file is checked on against the JAX model.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing output (and its .json) instead of refusing.")
