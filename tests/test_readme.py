@@ -55,7 +55,7 @@ def test_the_readme_commands_are_the_ones_this_file_checks():
   modules = [
     re.search(r"python -m unet_jax\.(\w+)", line).group(1) for line in readme_commands() if "pytest" not in line
   ]
-  assert modules == ["train", "train", "evaluate", "predict", "export", "summary"]
+  assert modules == ["train", "train", "evaluate", "predict", "export", "export", "export", "export", "summary", "aot"]
   first, resume = [line for line in readme_commands() if "unet_jax.train" in line]
   assert "--workdir" not in first and f"--workdir {PLACEHOLDER_RUN}" in resume
 
@@ -123,6 +123,14 @@ def test_readme_commands_work_as_typed(tmp_path, shared_dir):
           assert mask.size == image.size and mask.mode == "P"
         assert (clone / "masks" / f"{photo.stem}_overlay.png").is_file()
     elif module == "export":
-      assert (clone / "exported" / "saved_model.pb").is_file()
+      output = re.search(r"--output (\S+)", command).group(1)
+      written = json.loads((clone / f"{output.rstrip('/')}.json").read_text())
+      assert written["format"] == (re.search(r"--format (\w+)", command) or [None, "savedmodel"])[1]
+      assert (clone / output).exists() and written["mask_agreement"] >= 0.95, written
+      if written["format"] == "savedmodel":
+        assert (clone / output / "saved_model.pb").is_file()
+    elif module == "aot":
+      programs = [json.loads(line)["program"] for line in result.stdout.splitlines() if line.startswith("{")]
+      assert programs == ["train_frozen_encoder", "eval"] and "img/s" in result.stderr
     elif module == "summary":
       assert "Total params: 6,504,227" in result.stdout
