@@ -23,7 +23,8 @@ BatchNorm's batch statistics masked to the batch's real rows (the batch itself f
 others, and a ratio line of its step time over the unmasked step's.
 
 One JSON line per figure: images_per_s (batch / median step time), first_step_s (trace + compile + first run),
-peak_rss_mb, load_1m (the machine's load average at the end: other processes slow both sides alike).
+peak_rss_mb, peak_device_mb (GPU/TPU only), load_1m (the machine's load average at the end: other processes slow
+both sides alike).
 """
 
 import collections
@@ -148,7 +149,10 @@ def jax_figure(mode: str, batch_size: int, padded: bool = False) -> dict[str, An
   if _PROFILE.value:
     for row in profile_step(step, args, run_step):
       emit(figure="profile", framework="jax", mode=mode, batch=batch_size, **row)
-  return {"first_step_s": first, "median_step_s": median, "device": jax.devices()[0].device_kind}
+  # GPUs and TPUs count the bytes their allocator held at most; the CPU backend keeps no such figure.
+  peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+  device = {"device": jax.devices()[0].device_kind, "peak_device_mb": peak and round(peak / 2**20)}
+  return {"first_step_s": first, "median_step_s": median, **device}
 
 
 def profile_step(step, args: list[Any], run_step) -> list[dict[str, Any]]:
