@@ -337,3 +337,11 @@ def test_oxford_iiit_pet_eval_shards_cover_the_split(mocked_pets):
     for batch in batches:
       levels += np.round((batch["image"][batch["weight"] == 1, 0, 0, 0] + 1) * 127.5).astype(int).tolist()
   assert counts == {2} and sorted(levels) == list(range(7))
+
+
+@pytest.mark.parametrize("normalization", ["minus_one_to_one", "zero_to_one"])
+def test_denormalize_to_uint8_inverts_normalize_image(normalization):
+  pixels = np.arange(256, dtype=np.float32).reshape(16, 16, 1).repeat(3, axis=-1)
+  normalized = data.normalize_image(pixels, normalization)
+  np.testing.assert_array_equal(data.denormalize_to_uint8(normalized, normalization), pixels.astype(np.uint8))
+  assert data.denormalize_to_uint8(np.float32([-5.0, 5.0]), normalization).tolist() == [0, 255]  # Clipped.

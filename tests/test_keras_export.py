@@ -56,8 +56,7 @@ def trained_keras(trained_predictor) -> keras.Model:
 def test_images(trained, trained_predictor) -> np.ndarray:  # noqa: F811
   """Eval images of the synthetic data: the trained model's masks on them hold every class."""
   batch = next(data.eval_batches(trained.config.data, global_batch_size=8))
-  scale, offset = keras_export._normalization_affine(trained_predictor.normalization)
-  return np.clip(np.rint((batch["image"] - offset) / scale), 0, 255).astype(np.uint8)
+  return data.denormalize_to_uint8(batch["image"], trained_predictor.normalization)
 
 
 def assert_inverse_exact(predictor: predict.Predictor, keras_model: keras.Model) -> None:

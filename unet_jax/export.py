@@ -107,12 +107,9 @@ def check_images(config: ml_collections.ConfigDict, count: int) -> np.ndarray:
   stream resizes them, rounded to uint8 (which every format takes)."""
   if count < 1:
     raise errors.ConfigError(f"check_images={count} must be at least 1: every export is checked against JAX.")
-  # The stream yields normalised images; the normalisation is affine, so two points invert it.
-  zero, full = (float(data.normalize_image(np.float64(value), config.data.normalization)) for value in (0.0, 255.0))
   images = []
   for batch in data.eval_batches(config.data, global_batch_size=count, process_index=0, process_count=1):
-    real = batch["image"][batch["weight"] > 0]
-    images.extend(np.clip(np.rint((real - zero) * 255 / (full - zero)), 0, 255).astype(np.uint8))
+    images.extend(data.denormalize_to_uint8(batch["image"][batch["weight"] > 0], config.data.normalization))
     if len(images) >= count:
       break
   return np.stack(images[:count])

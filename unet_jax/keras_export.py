@@ -249,13 +249,11 @@ def calibration_images(config: ml_collections.ConfigDict, steps: int) -> Iterato
   """
   if steps < 1:
     raise errors.ConfigError(f"calibration steps={steps} must be at least 1.")
-  scale, offset = _normalization_affine(config.data.normalization)
   batches = data.train_batches(
     config.data, global_batch_size=config.batch_size, seed=config.seed, process_index=0, process_count=1
   )
   for _, batch in zip(range(steps), batches):
-    images = np.clip(np.rint((batch["image"] - offset) / scale), 0, 255).astype(np.uint8)
-    yield from images[batch["weight"] > 0]
+    yield from data.denormalize_to_uint8(batch["image"][batch["weight"] > 0], config.data.normalization)
 
 
 def _interpreter_class() -> Any:

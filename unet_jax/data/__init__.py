@@ -2,6 +2,7 @@
 
 from unet_jax.data.pipeline import (
   check_global_batch_size,
+  denormalize_to_uint8,
   eval_batches,
   eval_dataset,
   normalize_image,
@@ -17,6 +18,7 @@ __all__ = [
   "DatasetNotFoundError",
   "SyntheticPets",
   "check_global_batch_size",
+  "denormalize_to_uint8",
   "eval_batches",
   "eval_dataset",
   "normalize_image",

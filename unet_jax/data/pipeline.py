@@ -143,6 +143,13 @@ def normalize_image(image, normalization: str):
   raise errors.ConfigError(f"normalization={normalization!r}; use one of {NORMALIZATIONS}.")
 
 
+def denormalize_to_uint8(image: np.ndarray, normalization: str) -> np.ndarray:
+  """`normalize_image`'s inverse, rounded: a stream's images as the uint8 pixels a deployed model is fed. The
+  normalisation is affine, so its values at 0 and 255 invert it."""
+  zero, full = (float(normalize_image(np.float64(value), normalization)) for value in (0.0, 255.0))
+  return np.clip(np.rint((np.asarray(image) - zero) * 255 / (full - zero)), 0, 255).astype(np.uint8)
+
+
 def _resize(example: dict[str, tf.Tensor], image_size: int, mask_size: int = 0) -> dict[str, tf.Tensor]:
   """Tutorial semantics: bilinear image (float32, still 0..255) and nearest-neighbour mask (uint8, `mask_size`,
   0 meaning `image_size`)."""
