@@ -117,6 +117,7 @@ def test_roofline_is_the_slower_of_compute_and_memory(reports):
     step_s = max(report["flops"] / chip.peak_bf16_flops, report["bytes_accessed"] / chip.hbm_bytes_per_s)
     assert line["step_ms"] == pytest.approx(step_s * 1e3, rel=1e-3)
     assert line["images_per_s"] == pytest.approx(4 * report["per_chip_batch"] / step_s, rel=1e-3)
+    assert line["images_per_s_per_host"] == line["images_per_s"]  # One host.
     assert line["bound"] in ("compute", "memory")
 
 
@@ -145,6 +146,23 @@ def test_max_batch_is_the_largest_power_of_two_that_fits(config, monkeypatch):
   largest = aot.max_batch(tiny_config("", {"unfreeze_at_step": -1}), SLICE, "train_frozen_encoder")
   assert largest >= 1 and largest & (largest - 1) == 0
   assert fits[largest] and not fits[2 * largest], fits
+
+
+@pytest.mark.parametrize(
+  "name, chips, hosts, kind",
+  [
+    ("v5e-8", 8, 1, "TPU v5 lite"),
+    ("v5litepod-32", 32, 8, "TPU v5 lite"),
+    ("v4-32", 16, 4, "TPU v4"),
+    ("v5p-8", 4, 1, "TPU v5"),
+    ("v6e-8", 8, 1, "TPU v6 lite"),
+  ],
+)
+def test_slice_names_give_their_chips_and_hosts(name, chips, hosts, kind):
+  # v4 and v5p names count TensorCores, two per chip, which JAX drives as one device; v5e and v6e names count chips.
+  _, devices = aot.topology_devices(name)
+  assert len(devices) == chips and len({device.process_index for device in devices}) == hosts
+  assert {device.device_kind for device in devices} == {kind}
 
 
 def test_unknown_slice_and_uneven_batch_are_clear_errors(config):

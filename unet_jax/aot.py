@@ -23,6 +23,7 @@ os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import dataclasses
+import importlib.metadata
 import json
 import re
 import sys
@@ -174,8 +175,11 @@ def _memory(compiled: Any, chip: Chip) -> dict[str, float]:
   return fields | {"total": total, "hbm": chip.hbm_bytes, "hbm_fraction": round(total / chip.hbm_bytes, 4)}
 
 
-def roofline(flops: float, bytes_accessed: float, per_device_batch: int, devices: int, chip: Chip) -> dict[str, Any]:
-  """The step time bound max(flops / peak, bytes / bandwidth) per device, and the images/s it allows."""
+def roofline(
+  flops: float, bytes_accessed: float, per_device_batch: int, devices: int, hosts: int, chip: Chip
+) -> dict[str, Any]:
+  """The step time bound max(flops / peak, bytes / bandwidth) per device, and the images/s it allows: for the slice,
+  and per host, which is the rate each host's input pipeline must deliver to keep up."""
   compute_s, memory_s = flops / chip.peak_bf16_flops, bytes_accessed / chip.hbm_bytes_per_s
   step_s = max(compute_s, memory_s)
   return {
@@ -185,6 +189,7 @@ def roofline(flops: float, bytes_accessed: float, per_device_batch: int, devices
     "step_ms": round(step_s * 1e3, 4),
     "images_per_s_per_chip": round(per_device_batch / step_s) if step_s else None,
     "images_per_s": round(per_device_batch * devices / step_s) if step_s else None,
+    "images_per_s_per_host": round(per_device_batch * devices / hosts / step_s) if step_s else None,
   }
 
 
@@ -244,7 +249,7 @@ def compile_for(
   model = train_state.create_model(config.model, sharding.platform(mesh))
   # The schedule's length enters the step as a constant, never a shape: a stand-in when the config derives it.
   num_train_steps = config.num_train_steps if config.num_train_steps > 0 else max(config.unfreeze_at_step, 0) + 1
-  per_device_batch = config.batch_size // len(devices)
+  per_device_batch, hosts = config.batch_size // len(devices), len({device.process_index for device in devices})
   reports = []
   for name, (kind, trains) in programs(config).items():
     if only and name not in only:
@@ -266,7 +271,7 @@ def compile_for(
         "slice": slice_name,
         "topology": tpu_slice.topology,
         "chips": len(devices),
-        "hosts": len({device.process_index for device in devices}),
+        "hosts": hosts,
         "global_batch": config.batch_size,
         "per_chip_batch": per_device_batch,
         "image_size": config.data.image_size,
@@ -276,8 +281,10 @@ def compile_for(
         "memory": _memory(compiled, chip),
         **cost,
         "collectives": collectives(compiled.as_text()),
-        "roofline": roofline(cost["flops"], cost["bytes_accessed"], per_device_batch, len(devices), chip),
+        "roofline": roofline(cost["flops"], cost["bytes_accessed"], per_device_batch, len(devices), hosts, chip),
         "chip_source": chip.source,
+        "jax": jax.__version__,
+        "libtpu": importlib.metadata.version("libtpu"),
       }
     )
   return reports
