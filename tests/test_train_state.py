@@ -1,6 +1,7 @@
 """The frozen-encoder split and the unfreeze phase, on the real U-Net (alpha 0.35, 64 px) and the offline data."""
 
 import functools
+import runpy
 
 import jax
 import numpy as np
@@ -224,3 +225,18 @@ def test_padding_rows_change_nothing_a_batch_of_the_real_rows_alone_would_not():
   _assert_within(from_padded.opt_state, from_real.opt_state, state.opt_state, PADDING_TOL_FLOAT32)  # The gradient.
   for name in real_metrics:
     _assert_within(padded_metrics[name], real_metrics[name], np.zeros(()), PADDING_TOL_FLOAT32)
+
+
+@pytest.mark.parametrize("arg, batch_size", [(None, 256), ("chips=16", 512), ("chips=1,per_chip=256", 256)])
+def test_pets_tpu_config_scales_the_tutorials_recipe_to_its_batch(arg, batch_size):
+  configs = train_testlib.REPO_ROOT / "configs"
+  tutorial = runpy.run_path(str(configs / "pets.py"))["get_config"]()
+  config = runpy.run_path(str(configs / "pets_tpu.py"))["get_config"](arg)
+  assert config.batch_size == batch_size and config.model.dtype == "bfloat16"
+  assert config.learning_rate == pytest.approx(tutorial.learning_rate * (batch_size / tutorial.batch_size) ** 0.5)
+  assert config.lr_schedule == "cosine" and config.warmup_steps == -(-3680 // batch_size)  # One epoch.
+  # Nothing else differs from the tutorial's recipe.
+  tutorial.update(batch_size=batch_size, learning_rate=config.learning_rate, lr_schedule="cosine")
+  tutorial.update(warmup_steps=config.warmup_steps)
+  tutorial.model.dtype = "bfloat16"
+  assert config.to_dict() == tutorial.to_dict()
