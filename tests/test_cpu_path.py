@@ -72,13 +72,26 @@ def shared_variables(models, images, seed: int = 0):
   return jax.tree_util.tree_map_with_path(fill, shapes[0])
 
 
-def test_the_cpu_transpose_conv_initialises_as_flax_does():
-  """Same parameter names and values for the same rng: a model initialised on one path is the same on the other."""
+def test_the_transpose_conv_initialises_as_flax_does():
+  """Same parameter names and values for the same rng, on either formulation: a model initialised on one path is the
+  same on the other."""
   x = jnp.zeros((1, 4, 4, 6))
   kwargs = {"use_bias": True, "kernel_init": nn.initializers.normal(0.02), "bias_init": nn.initializers.normal(1.0)}
-  fast = cpu_ops.ConvTranspose3x3Stride2(5, **kwargs).init(jax.random.key(0), x)
   reference = nn.ConvTranspose(5, (3, 3), (2, 2), transpose_kernel=True, **kwargs).init(jax.random.key(0), x)
-  jax.tree.map(np.testing.assert_array_equal, fast, reference)
+  for products in (True, False):
+    variables = cpu_ops.ConvTranspose3x3Stride2(5, products=products, **kwargs).init(jax.random.key(0), x)
+    jax.tree.map(np.testing.assert_array_equal, variables, reference)
+
+
+def test_the_lax_transpose_conv_is_flaxs_exactly():
+  """The "xla" formulation (which jax2onnx converts) computes flax's layer bit for bit, with and without bias."""
+  x = jax.random.normal(jax.random.key(1), (2, 4, 4, 6))
+  kwargs = {"kernel_init": nn.initializers.normal(0.02), "bias_init": nn.initializers.normal(1.0)}
+  for use_bias in (True, False):
+    layer = cpu_ops.ConvTranspose3x3Stride2(5, use_bias=use_bias, products=False, **kwargs)
+    reference = nn.ConvTranspose(5, (3, 3), (2, 2), transpose_kernel=True, use_bias=use_bias, **kwargs)
+    variables = layer.init(jax.random.key(0), x)
+    np.testing.assert_array_equal(layer.apply(variables, x), reference.apply(variables, x))
 
 
 def test_conv_impl_resolves_by_backend_and_rejects_unknown_names():

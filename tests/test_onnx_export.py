@@ -4,7 +4,6 @@ import dataclasses
 import importlib.util
 import sys
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +12,6 @@ from train_testlib import TINY
 
 from unet_jax import errors, onnx_export, predict
 from unet_jax.models import UNet
-from unet_jax.models.unet import XlaConvTranspose3x3Stride2
 
 _MISSING = [name for name in ("jax2onnx", "onnxruntime", "onnx") if importlib.util.find_spec(name) is None]
 needs_onnx = pytest.mark.skipif(
@@ -59,19 +57,6 @@ def jax_logits(predictor: predict.Predictor, batch: np.ndarray) -> np.ndarray:
       jnp.asarray(batch, jnp.float32),
     )
   )
-
-
-def test_the_transpose_conv_jax2onnx_converts_is_flax_s():
-  """The transpose decoder's layer on the "xla" path: flax's parameters (same names, shapes and initial values for
-  the same rng) and flax's outputs, exactly, so the ONNX model computes the trained model."""
-  x = jax.random.normal(jax.random.key(1), (2, 4, 4, 6))
-  kwargs = {"kernel_init": nn.initializers.normal(0.02), "bias_init": nn.initializers.normal(1.0)}
-  for use_bias in (True, False):
-    layer = XlaConvTranspose3x3Stride2(5, use_bias=use_bias, **kwargs)
-    reference = nn.ConvTranspose(5, (3, 3), (2, 2), transpose_kernel=True, use_bias=use_bias, **kwargs)
-    variables = layer.init(jax.random.key(0), x)
-    jax.tree.map(np.testing.assert_array_equal, variables, reference.init(jax.random.key(0), x))
-    np.testing.assert_array_equal(layer.apply(variables, x), reference.apply(variables, x))
 
 
 @needs_onnx

@@ -355,15 +355,20 @@ def conv_transpose_3x3_stride2(x: jax.Array | Sequence[jax.Array], kernel: jax.A
 
 
 class ConvTranspose3x3Stride2(nn.Module):
-  """`nn.ConvTranspose(features, (3, 3), strides=(2, 2), padding="SAME", transpose_kernel=True)` computed by
-  `conv_transpose_3x3_stride2`: the same parameters ("kernel" (3, 3, features, in), "bias"), the same initial
-  values for the same name, the same outputs."""
+  """`nn.ConvTranspose(features, (3, 3), strides=(2, 2), padding="SAME", transpose_kernel=True)`: the same parameters
+  ("kernel" (3, 3, features, in), "bias"), the same initial values for the same name, the same outputs.
+
+  `products=True` computes it by `conv_transpose_3x3_stride2` (the CPU formulation); False by the `lax.conv_transpose`
+  that flax's layer calls (GPU/TPU), in a form jax2onnx converts to an ONNX ConvTranspose, which it does not for
+  flax's layer with transpose_kernel=True.
+  """
 
   features: int
   use_bias: bool = True
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros_init()
   dtype: Any = None
+  products: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array | Sequence[jax.Array]) -> jax.Array:
@@ -372,5 +377,8 @@ class ConvTranspose3x3Stride2(nn.Module):
     kernel = self.param("kernel", self.kernel_init, (3, 3, self.features, sum(p.shape[-1] for p in parts)), jnp.float32)
     bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
     *parts, kernel, bias = nn.dtypes.promote_dtype(*parts, kernel, bias, dtype=self.dtype)
-    y = conv_transpose_3x3_stride2(parts, kernel)
+    if self.products:
+      y = conv_transpose_3x3_stride2(parts, kernel)
+    else:
+      y = lax.conv_transpose(jnp.concatenate(parts, axis=-1), kernel, (2, 2), "SAME", transpose_kernel=True)
     return y if bias is None else y + bias

@@ -23,27 +23,6 @@ _PIX2PIX_KERNEL_INIT = nn.initializers.normal(stddev=0.02)  # pix2pix.upsample's
 _KERAS_KERNEL_INIT = nn.initializers.glorot_uniform()  # Keras' default, for the last Conv2DTranspose.
 
 
-class XlaConvTranspose3x3Stride2(nn.Module):
-  """`nn.ConvTranspose(features, (3, 3), strides=(2, 2), padding="SAME", transpose_kernel=True)` written as the
-  `lax.conv_transpose` that flax's layer calls: the same parameters ("kernel" (3, 3, features, in), "bias"), initial
-  values and outputs. jax2onnx converts this form to an ONNX ConvTranspose; flax's layer with transpose_kernel=True
-  it refuses."""
-
-  features: int
-  use_bias: bool = True
-  kernel_init: Any = nn.initializers.lecun_normal()
-  bias_init: Any = nn.initializers.zeros_init()
-  dtype: Any = None
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param("kernel", self.kernel_init, (3, 3, self.features, x.shape[-1]), jnp.float32)
-    bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = jax.lax.conv_transpose(x, kernel, (2, 2), "SAME", transpose_kernel=True)
-    return y if bias is None else y + bias
-
-
 def upsample_conv(
   x: jax.Array | Sequence[jax.Array],
   features: int,
@@ -66,14 +45,12 @@ def upsample_conv(
   then spares the input gradient of a part that needs none (a frozen encoder's skip).
   """
   cpu = cpu_ops.use_cpu_ops(conv_impl)
-  if mode == "transpose" and cpu:
+  if mode == "transpose":
     return cpu_ops.ConvTranspose3x3Stride2(
-      features, use_bias=use_bias, kernel_init=kernel_init, dtype=dtype, name=name
+      features, use_bias=use_bias, kernel_init=kernel_init, dtype=dtype, products=cpu, name=name
     )(x)
   if not isinstance(x, jax.Array):
     x = jnp.concatenate(x, axis=-1)
-  if mode == "transpose":
-    return XlaConvTranspose3x3Stride2(features, use_bias=use_bias, kernel_init=kernel_init, dtype=dtype, name=name)(x)
   x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
   return nn.Conv(
     features,
