@@ -15,6 +15,7 @@ from train_testlib import REPO_ROOT, tiny_config
 pytest.importorskip("libtpu", reason='the TPU runtime is not installed (pip install -e ".[tpu]")')
 
 from unet_jax import aot, errors, train_state  # noqa: E402
+from unet_jax.models import cpu_ops  # noqa: E402
 
 SLICE = "v5e-4"  # 4 chips, one host: the smallest multi-chip slice, so the train step has a gradient all-reduce.
 
@@ -42,9 +43,9 @@ def _forward_flops(model: nn.Module, size: int) -> dict[str, float]:
   transposed = set()
 
   def is_conv(module: nn.Module, _) -> bool:
-    if isinstance(module, nn.ConvTranspose):
+    if isinstance(module, cpu_ops.ConvTranspose3x3Stride2):
       transposed.add(module.path)
-    return isinstance(module, nn.Conv | nn.ConvTranspose)
+    return isinstance(module, nn.Conv | cpu_ops.ConvTranspose3x3Stride2)
 
   variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, capture_intermediates=is_conv), images)
   flops = {"encoder": 0.0, "decoder": 0.0}
@@ -87,6 +88,7 @@ def test_memory_holds_the_state_and_fits_the_chip(reports, config):
 
 def test_flops_agree_with_the_models_analytic_count(reports, config):
   flops = _forward_flops(train_state.create_model(config.model), config.data.image_size)
+  assert flops["encoder"] > 0 and flops["decoder"] > 0
   per_chip = reports["eval"]["per_chip_batch"]
   expected = {
     "eval": flops["encoder"] + flops["decoder"],
