@@ -82,7 +82,7 @@ def _slices() -> dict[str, Slice]:
       table[f"{chip}-{cores}"] = Slice(chip, f"{chip}:{shape}", (2, 2, 1))
   for chip in ("v5e", "v6e"):
     for chips, shape in ((1, "1x1"), (4, "2x2"), (8, "2x4"), (16, "4x4"), (32, "4x8"), (64, "8x8"), (256, "16x16")):
-      per_host = (1, 1, 1) if chips == 1 else (2, 2, 1) if chips in (4,) or chips > 8 else (2, 4, 1)
+      per_host = (1, 1, 1) if chips == 1 else (2, 4, 1) if chips == 8 else (2, 2, 1)
       table[f"{chip}-{chips}"] = Slice(chip, f"{chip}:{shape}", per_host)
   table.update({f"v5litepod-{name.split('-')[1]}": s for name, s in list(table.items()) if s.chip == "v5e"})
   return table
