@@ -118,6 +118,24 @@ def test_a_file_that_disagrees_with_jax_fails_the_export(trained, tmp_path, monk
 
 
 @needs_onnx
+def test_a_disagreeing_onnx_file_fails_the_export(trained, tmp_path, monkeypatch):  # noqa: F811
+  to_onnx = onnx_export.to_onnx
+
+  def biased(predictor, *args, **kwargs):  # Every logit moves by 100x the tolerance.
+    params = predictor.variables["params"]
+    last = {**params["last"], "bias": params["last"]["bias"] + 1e-2}
+    return to_onnx(
+      dataclasses.replace(predictor, variables={**predictor.variables, "params": {**params, "last": last}})
+    )
+
+  monkeypatch.setattr(onnx_export, "to_onnx", biased)
+  output = tmp_path / "model.onnx"
+  with pytest.raises(errors.UserError, match="ONNX model disagrees with the JAX model on 3 eval images"):
+    export.export_run(str(trained.workdir), str(output), "onnx", num_check_images=3)
+  assert not export.result_path(str(output)).exists()
+
+
+@needs_onnx
 def test_onnx_export_records_its_agreement(trained, tmp_path):  # noqa: F811
   output = tmp_path / "model.onnx"
   record = export.export_run(str(trained.workdir), str(output), "onnx", num_check_images=3)

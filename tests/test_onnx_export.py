@@ -1,6 +1,5 @@
 """The ONNX export: onnxruntime gives the JAX model's logits and masks, at any batch size, from one file."""
 
-import dataclasses
 import importlib.util
 import sys
 
@@ -79,8 +78,6 @@ def test_onnxruntime_gives_the_jax_logits_at_any_batch_size(upsample, input_dtyp
     np.testing.assert_allclose(outputs["logits"], want, rtol=0, atol=LOGITS_ATOL)
     np.testing.assert_array_equal(outputs["masks"], want.argmax(-1))
     classes_seen |= set(np.unique(outputs["masks"]).tolist())
-    agreement = onnx_export.check_agreement(predictor, path, inputs)
-    assert agreement["mask_agreement"] == 1.0 and agreement["max_abs_logits_diff"] <= LOGITS_ATOL
   assert len(classes_seen) > 1, "a constant mask would make this comparison meaningless"
   other_dtype = np.float32 if input_dtype == np.uint8 else np.uint8
   with pytest.raises(errors.ConfigError, match=f"got {np.dtype(other_dtype).name}"):
@@ -92,17 +89,6 @@ def test_onnxruntime_gives_the_jax_logits_at_any_batch_size(upsample, input_dtyp
 def test_test_time_augmentation_is_refused(augmentation):
   with pytest.raises(errors.ConfigError, match="flip_average=False, scales=\\(1.0,\\)"):
     onnx_export.to_onnx(tiny_predictor("nearest", **augmentation))
-
-
-@needs_onnx
-def test_a_disagreeing_model_is_an_error():
-  predictor = tiny_predictor("nearest")
-  model = onnx_export.to_onnx(predictor)
-  params = predictor.variables["params"]
-  last = {**params["last"], "bias": params["last"]["bias"] + 1e-2}  # Every logit moves by 100x the tolerance.
-  changed = dataclasses.replace(predictor, variables={**predictor.variables, "params": {**params, "last": last}})
-  with pytest.raises(errors.UserError, match="disagrees"):
-    onnx_export.check_agreement(changed, model, images(1, seed=0))
 
 
 def test_keep_size_predictor_is_refused():

@@ -195,8 +195,17 @@ def export_checked_onnx(predictor: predict.Predictor, output: str, images: np.nd
   from unet_jax import onnx_export
 
   pathlib.Path(output).write_bytes(onnx_export.to_onnx(predictor).SerializeToString())
-  figures = onnx_export.check_agreement(predictor, output, images.astype(np.float32))
-  return {**figures, "min_mask_agreement": None}  # Every pixel agrees, but where JAX's top two logits tie.
+  outputs = onnx_export.check_with_onnxruntime(output, images.astype(np.float32))
+  want = _jax_logits(predictor, images)
+  return _agreement(
+    "ONNX model",
+    outputs["masks"],
+    want.argmax(-1),
+    FLOAT32_MASK_AGREEMENT,
+    outputs["logits"],
+    want,
+    onnx_export.LOGITS_ATOL,
+  )
 
 
 def result_path(output: str) -> pathlib.Path:

@@ -7,8 +7,8 @@
   run's test-time flips and scales are not exported);
 - "masks": int32 [B, S, S], their argmax. The predictor's own masks resize the logits to the image's size first.
 
-`check_with_onnxruntime(model, images)` runs a model (proto, bytes or path) back in onnxruntime, and
-`check_agreement(predictor, model, images)` compares it with the JAX model, raising when they disagree.
+`check_with_onnxruntime(model, images)` runs a model (proto, bytes or path) back in onnxruntime; `export` compares its
+outputs with the JAX model's as it does every format's.
 
 jax2onnx and onnxruntime are optional: `pip install -e ".[export]"`.
 """
@@ -143,40 +143,3 @@ def check_with_onnxruntime(model: Any, images: np.ndarray) -> dict[str, np.ndarr
       f"The ONNX model takes {expected.type} images shaped {expected.shape}; got {images.dtype} {images.shape}."
     )
   return dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})))
-
-
-def check_agreement(
-  predictor: predict.Predictor, model: Any, images: np.ndarray, logits_atol: float = LOGITS_ATOL
-) -> dict[str, float]:
-  """The ONNX model's outputs on `images` beside the JAX model's; an error when they disagree.
-
-  Args:
-    predictor: the `Predictor` the model was exported from.
-    model: as in `check_with_onnxruntime`.
-    images: [N, S, S, 3] in 0..255, of the dtype the model was exported for.
-    logits_atol: the largest absolute logit difference accepted.
-
-  Returns:
-    {"max_abs_logits_diff", "mask_agreement" (the fraction of equal pixels)}, e.g. for the export's result JSON.
-
-  Raises:
-    errors.UserError: when the logits differ by more than `logits_atol`, or a mask pixel differs where the JAX
-      logits do not tie (within `logits_atol`) between the two classes.
-  """
-  onnx_outputs = check_with_onnxruntime(model, images)
-  logits, masks = jax.device_get(
-    jax.jit(functools.partial(_export_logits_and_masks, predictor))(jnp.asarray(images, jnp.float32))
-  )
-  diff = float(np.abs(onnx_outputs["logits"] - logits).max())
-  differ = onnx_outputs["masks"] != masks
-  # Where the top two JAX logits are closer than the tolerance, either class is a correct argmax.
-  top_two = np.sort(logits, axis=-1)[..., -2:]
-  unexplained = int((differ & (top_two[..., 1] - top_two[..., 0] > logits_atol)).sum())
-  result = {"max_abs_logits_diff": diff, "mask_agreement": float(1 - differ.mean())}
-  if diff > logits_atol or unexplained:
-    raise errors.UserError(
-      f"The ONNX model disagrees with the JAX model on {len(images)} images: logits differ by up to {diff:.3g} "
-      f"(tolerance {logits_atol:g}); {unexplained} mask pixels differ where the JAX logits do not tie. The file is "
-      f"not a faithful export: check the jax2onnx and onnxruntime versions."
-    )
-  return result
