@@ -220,3 +220,82 @@ def test_unet_paths_give_the_same_gradients():
   assert_close(cpu_aux[0], xla_aux[0], 1e-10)  # The loss.
   assert_close_to_tree_scale(cpu_aux[1], xla_aux[1], 1e-10)  # The updated BatchNorm statistics.
   assert_close_to_tree_scale(cpu_grads, xla_grads, 1e-10)
+
+
+def bf16_exact(x: jax.Array) -> jax.Array:
+  """`x` rounded to bfloat16 and back: values whose bf16 products, summed in float32, are float32's own."""
+  return x.astype(jnp.bfloat16).astype(jnp.float32)
+
+
+PRODUCT_CONVS = {
+  "1x1": ((2, 9, 8, 5), (1, 1, 5, 7), 1),
+  "3x3 im2col": ((2, 10, 7, 8), (3, 3, 8, 5), 2),
+  "3x3 rgb": ((2, 10, 7, 3), (3, 3, 3, 8), 2),  # `lax.conv` on both paths.
+}
+
+
+def product_conv(conv_general_dilated, stride: int):
+  return lambda x, w: conv_general_dilated(x, w, (stride, stride), "SAME", dimension_numbers=NHWC)
+
+
+@pytest.mark.parametrize("cpu", [True, False], ids=["cpu", "xla"])
+@pytest.mark.parametrize("name", list(PRODUCT_CONVS))
+def test_bf16_products_sum_exactly_in_float32(name, cpu):
+  """On bf16-representable inputs, kernels and cotangents, products in bf16 summed in float32 are float32's; on
+  others they round each operand (so the option is in effect): a few of bf16's 2^-8 relative steps. `lax.conv`'s
+  own VJP returns the gradients in its operands' dtype, so where it computes they are float32's rounded to bf16."""
+  image_shape, kernel_shape, stride = PRODUCT_CONVS[name]
+  images, weights = random(image_shape, seed=0), random(kernel_shape, seed=1)
+  bf16 = product_conv(cpu_ops.conv_function(cpu, jnp.bfloat16), stride)
+  reference = product_conv(lax.conv_general_dilated, stride)
+  expected, reference_vjp = jax.vjp(reference, bf16_exact(images), bf16_exact(weights))
+  actual, bf16_vjp = jax.vjp(bf16, bf16_exact(images), bf16_exact(weights))
+  assert actual.dtype == jnp.float32
+  assert_close(actual, expected, 1e-5)
+  cotangent = bf16_exact(random(expected.shape, seed=99))
+  own_vjp = cpu and name != "3x3 rgb"
+  assert_close(bf16_vjp(cotangent), reference_vjp(cotangent), 1e-5 if own_vjp else 2**-8)
+
+  rounded, exact = bf16(images, weights), reference(images, weights)
+  assert 1e-5 * np.abs(exact).max() < np.abs(rounded - exact).max() < 2**-6 * np.abs(exact).max()
+
+
+@pytest.mark.parametrize("products", [True, False], ids=["cpu", "xla"])
+def test_bf16_transpose_conv_products_sum_exactly_in_float32(products):
+  parts = tuple(bf16_exact(random((2, 3, 5, c), seed=index)) for index, c in enumerate((4, 6)))
+  kernel = bf16_exact(random((3, 3, 5, 10), seed=7))
+  layer = lambda dtype: cpu_ops.ConvTranspose3x3Stride2(5, use_bias=False, products=products, product_dtype=dtype)
+  apply = lambda dtype: lambda parts, kernel: layer(dtype).apply({"params": {"kernel": kernel}}, parts)
+  expected, reference_vjp = jax.vjp(apply(None), parts, kernel)
+  actual, bf16_vjp = jax.vjp(apply(jnp.bfloat16), parts, kernel)
+  assert actual.dtype == jnp.float32
+  assert_close(actual, expected, 1e-5)
+  cotangent = bf16_exact(random(expected.shape, seed=99))
+  assert_close(bf16_vjp(cotangent), reference_vjp(cotangent), 1e-5 if products else 2**-8)
+
+
+def test_product_dtype_from_the_config():
+  model_config = default_config.get_config().model
+  assert train_state.create_model(model_config).product_dtype is None
+  model_config.product_dtype = "float32"  # The compute dtype: nothing to cast.
+  assert train_state.create_model(model_config).product_dtype is None
+  model_config.product_dtype = "bfloat16"
+  model = train_state.create_model(model_config)
+  assert model.product_dtype == jnp.bfloat16 and model.dtype == jnp.float32
+  model_config.product_dtype = "float16"
+  with pytest.raises(ValueError, match="product_dtype='float16' is not supported"):
+    train_state.create_model(model_config)
+
+
+def test_unet_paths_agree_with_bf16_products():
+  """Every product of either formulation in bf16 (on the "xla" path the depthwise convs too): logits within a few
+  bf16 rounding steps of the float32 model's."""
+  model = lambda impl, dtype: UNet(alpha=0.35, conv_impl=impl, product_dtype=dtype)
+  variables = shared_variables([model("cpu", jnp.bfloat16), model("xla", None)], IMAGES)
+  apply = jax.jit(lambda model, variables, x: model.apply(variables, x), static_argnums=0)
+  cpu, xla = apply(model("cpu", jnp.bfloat16), variables, IMAGES), apply(model("xla", jnp.bfloat16), variables, IMAGES)
+  exact = apply(model("xla", None), variables, IMAGES)
+  assert_close(cpu, exact, 2e-2)
+  assert_close(xla, exact, 2e-2)
+  program = str(jax.make_jaxpr(model("cpu", jnp.bfloat16).apply)(variables, IMAGES))
+  assert "bf16" in program and "preferred_element_type=float32" in program

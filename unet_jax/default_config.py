@@ -35,6 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = -1
   config.checkpoint_every_steps = -1
   config.max_to_keep = 3
+  # JAX's persistent compilation cache: a second run of a config loads its compiled steps ("": off;
+  # $JAX_COMPILATION_CACHE_DIR takes precedence).
+  config.compilation_cache_dir = "~/.cache/unet_jax/xla"
   config.num_prediction_examples = 3  # Rows of the predictions/step_XXXXXX.png figure.
   # Eval and predict average the logits of each image and of its mirror image (test-time flips; 2x the eval cost).
   config.eval_flip_average = False
@@ -54,6 +57,9 @@ def get_config() -> ml_collections.ConfigDict:
   # (`pretrained.keras_default_rows`: the size itself when Keras publishes it, else 224).
   config.model.imagenet_rows = -1
   config.model.dtype = "float32"  # "bfloat16" computes in bf16 with float32 parameters.
+  # The convolutions' operand dtype, summed in float32; "": model.dtype. "bfloat16" with float32 compute: products at
+  # about twice the rate on CPUs with avx512_bf16 or AMX, everything else in float32 (accuracy in bench/README.md).
+  config.model.product_dtype = ""
   # How convolutions compute: "auto" (matrix products on the CPU backend, lax.conv on GPU/TPU), "xla", "cpu".
   config.model.conv_impl = "auto"
   # BatchNorm momentum for every layer; -1 keeps Keras' (0.999 encoder, 0.99 decoder). From scratch and few steps: 0.9.

@@ -42,6 +42,12 @@ def create_model(model_config: ml_collections.ConfigDict, platform: str | None =
     raise errors.ConfigError(
       f"config.model.dtype={model_config.dtype!r} is not supported; use one of {sorted(DTYPES)}."
     )
+  if model_config.product_dtype not in ("", *DTYPES):
+    raise errors.ConfigError(
+      f"config.model.product_dtype={model_config.product_dtype!r} is not supported: use one of {sorted(DTYPES)}, "
+      f"or '' for the compute dtype (config.model.dtype)."
+    )
+  product_dtype = model_config.product_dtype or model_config.dtype
   return UNet(
     num_classes=model_config.num_classes,
     alpha=model_config.alpha,
@@ -52,6 +58,7 @@ def create_model(model_config: ml_collections.ConfigDict, platform: str | None =
     dtype=DTYPES[model_config.dtype],
     conv_impl=cpu_ops.resolve_conv_impl(model_config.conv_impl, platform),
     bn_momentum=model_config.bn_momentum if model_config.bn_momentum > 0 else None,
+    product_dtype=None if product_dtype == model_config.dtype else DTYPES[product_dtype],
   )
 
 
@@ -184,6 +191,15 @@ def make_init_fn(
     )
 
   return init
+
+
+def jit_init_fn(
+  config: ml_collections.ConfigDict, model: nn.Module, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh
+) -> Callable[..., TrainState]:
+  """`make_init_fn` jitted to a state replicated on `mesh`. It runs once, briefly: on CPU it is compiled without
+  LLVM's optimisation, which for the random draws of every kernel takes most of the start-up (bench/README.md)."""
+  options = {"xla_backend_optimization_level": 0} if sharding.platform(mesh) == "cpu" else None
+  return jax.jit(make_init_fn(config, model, tx), out_shardings=sharding.replicated(mesh), compiler_options=options)
 
 
 def abstract_state(

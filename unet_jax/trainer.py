@@ -257,10 +257,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         on_unreadable=set_aside,
       )
     else:
-      state = jax.jit(
-        train_state.make_init_fn(config, model, optimizers[train_state.encoder_trains(config, 0)]),
-        out_shardings=replicated,
-      )(train_state.load_encoder_variables(config))
+      state = train_state.jit_init_fn(config, model, optimizers[train_state.encoder_trains(config, 0)], mesh)(
+        train_state.load_encoder_variables(config)
+      )
     logging.info(_start_message(manager.directory, start_step, interrupted, unreadable))
 
     train_iter = data.train_batches(

@@ -13,6 +13,10 @@ Here the same arithmetic is regrouped:
 Each computes the same sums as the convolution (only the order of additions differs), with the same kernel layout,
 so the parameters are interchangeable and the gradients match; `UNet(conv_impl=...)` picks the path, by default
 this one on the CPU backend and `lax.conv` elsewhere (on GPU/TPU the convolution libraries are the fast path).
+
+`product_dtype` (None, or bfloat16) casts the operands of every matrix product, forward and backward, and sums in
+float32, everything else staying in the compute dtype: on CPUs with avx512_bf16 or AMX, bf16 products run at about
+twice the float32 rate while activations, BatchNorm and the depthwise loops keep float32's precision.
 """
 
 import functools
@@ -52,6 +56,27 @@ def resolve_conv_impl(conv_impl: str, platform: str | None = None) -> str:
   return "cpu" if use_cpu_ops(conv_impl, platform) else "xla"
 
 
+def conv_function(cpu: bool, product_dtype: Any = None) -> Any:
+  """What `nn.Conv(conv_general_dilated=...)` computes with: this module's convolutions (`cpu`) or `lax`'s, the
+  products' operands in `product_dtype` (None: flax's default, `lax.conv_general_dilated` as it is)."""
+  if cpu:
+    return functools.partial(conv_general_dilated, product_dtype=product_dtype)
+  if product_dtype is None:
+    return None
+  return functools.partial(_lax_conv_with_products, product_dtype=product_dtype)
+
+
+def _lax_conv_with_products(lhs: jax.Array, rhs: jax.Array, *args: Any, product_dtype: Any, **kwargs: Any) -> jax.Array:
+  out = lax.conv_general_dilated(
+    lhs.astype(product_dtype),
+    rhs.astype(product_dtype),
+    *args,
+    preferred_element_type=_accumulation_dtype(lhs.dtype),
+    **kwargs,
+  )
+  return out.astype(lhs.dtype)
+
+
 def _is_one(values: int | Sequence[int] | None) -> bool:
   return values is None or all(v == 1 for v in ((values,) if isinstance(values, int) else values))
 
@@ -84,33 +109,56 @@ def _accumulation_dtype(dtype: Any) -> Any:
   return jnp.promote_types(dtype, jnp.float32)
 
 
-def _channel_dot(x: jax.Array, kernel: jax.Array, precision: Any, preferred_element_type: Any) -> jax.Array:
+def _operand(x: jax.Array, product_dtype: Any) -> jax.Array:
+  """`x` as a matrix product's operand: in `product_dtype` when one is set."""
+  return x if product_dtype is None else x.astype(product_dtype)
+
+
+def _product(x: jax.Array, y: jax.Array, dimensions: Any, product_dtype: Any, out_dtype: Any) -> jax.Array:
+  """`lax.dot_general(x, y, dimensions)` in `out_dtype`, its operands in `product_dtype` (None: as they are) summed in
+  float32 or wider."""
+  out = lax.dot_general(
+    _operand(x, product_dtype),
+    _operand(y, product_dtype),
+    dimensions,
+    preferred_element_type=None if product_dtype is None else _accumulation_dtype(out_dtype),
+  )
+  return out.astype(out_dtype)
+
+
+def _channel_dot(
+  x: jax.Array, kernel: jax.Array, precision: Any, preferred_element_type: Any, product_dtype: Any
+) -> jax.Array:
   """[..., Cin] x [Cin, Cout] -> [..., Cout], a matrix product over the flattened leading axes."""
   if precision is None and preferred_element_type is None:
-    return _pixel_product(x, kernel)
+    return _pixel_product(product_dtype, x, kernel)
   return lax.dot_general(
     x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=precision, preferred_element_type=preferred_element_type
   )
 
 
-@jax.custom_vjp
-def _pixel_product(x: jax.Array, kernel: jax.Array) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _pixel_product(product_dtype: Any, x: jax.Array, kernel: jax.Array) -> jax.Array:
   """`_channel_dot` with its VJP written out: for autodiff's kernel-gradient product XLA:CPU makes a transposed copy
   of the output gradient (the wider operand of an expansion); contracting the input first needs no copy (the
   trainable step's gain is in bench/README.md)."""
-  return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+  return _product(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), product_dtype, x.dtype)
 
 
-def _pixel_product_fwd(x, kernel):
-  return _pixel_product(x, kernel), (x, kernel)
+def _pixel_product_fwd(product_dtype, x, kernel):
+  # The input is kept for the kernel gradient as that product's operand: in bf16, half the memory.
+  return _pixel_product(product_dtype, x, kernel), (_operand(x, product_dtype), kernel)
 
 
-def _pixel_product_bwd(residuals, grad):
+def _pixel_product_bwd(product_dtype, residuals, grad):
   x, kernel = residuals
   pixels = tuple(range(x.ndim - 1))
-  grad_x = lax.dot_general(grad, kernel, (((grad.ndim - 1,), (1,)), ((), ())))
+  grad_x = _product(grad, kernel, (((grad.ndim - 1,), (1,)), ((), ())), product_dtype, grad.dtype)
   grad_kernel = lax.dot_general(
-    x, grad, ((pixels, pixels), ((), ())), preferred_element_type=_accumulation_dtype(x.dtype)
+    x,
+    _operand(grad, product_dtype),
+    ((pixels, pixels), ((), ())),
+    preferred_element_type=_accumulation_dtype(kernel.dtype),
   )
   return grad_x, grad_kernel.astype(kernel.dtype)
 
@@ -130,13 +178,16 @@ def conv_general_dilated(
   batch_group_count: int = 1,
   precision: Any = None,
   preferred_element_type: Any = None,
+  *,
+  product_dtype: Any = None,
 ) -> jax.Array:
   """`lax.conv_general_dilated` for `nn.Conv(conv_general_dilated=...)`: NHWC inputs, HWIO kernels.
 
   Plain and depthwise 2-D convolutions without dilation take the fast forms above. The rest falls back to
   `lax.conv_general_dilated`: other layouts and dilations (never built by this package's models), and a kxk
   convolution of a few channels (the first layer, on RGB), whose im2col copies would be narrow rows that XLA:CPU
-  moves slowly: there XLA's convolution is twice as fast as im2col and a product.
+  moves slowly: there XLA's convolution is twice as fast as im2col and a product. `product_dtype` applies to all
+  but the depthwise loops, which compute in the input's dtype.
   """
   kh, kw, in_per_group, features = rhs.shape if rhs.ndim == 4 else (0,) * 4
   channels = lhs.shape[-1]
@@ -149,19 +200,11 @@ def conv_general_dilated(
     or not (feature_group_count == 1 or depthwise)
     or (not depthwise and kh * kw > 1 and channels < _MIN_IM2COL_CHANNELS)
   ):
-    return lax.conv_general_dilated(
-      lhs,
-      rhs,
-      window_strides,
-      padding,
-      lhs_dilation,
-      rhs_dilation,
-      dimension_numbers,
-      feature_group_count,
-      batch_group_count,
-      precision,
-      preferred_element_type,
-    )
+    args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count)
+    kwargs = {"batch_group_count": batch_group_count, "precision": precision}
+    if product_dtype is None:
+      return lax.conv_general_dilated(*args, **kwargs, preferred_element_type=preferred_element_type)
+    return _lax_conv_with_products(*args, **kwargs, product_dtype=product_dtype)
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), window_strides, padding)
   padding = tuple(tuple(pair) for pair in padding)
@@ -171,7 +214,9 @@ def conv_general_dilated(
   taps = _taps(lhs, (kh, kw), window_strides, padding)
   # The HWIO kernel reshaped to (kh*kw*Cin, Cout) matches the taps concatenated in row-major order along channels.
   patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
-  return _channel_dot(patches, rhs.reshape(kh * kw * channels, features), precision, preferred_element_type)
+  return _channel_dot(
+    patches, rhs.reshape(kh * kw * channels, features), precision, preferred_element_type, product_dtype
+  )
 
 
 def _depthwise_multiply_add(
@@ -278,12 +323,14 @@ def _part_slices(part_channels: Sequence[int]) -> list[slice]:
   return [slice(end - channels, end) for end, channels in zip(ends, part_channels)]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _conv_transpose(part_channels: tuple[int, ...], parts: tuple[jax.Array, ...], kernel: jax.Array) -> jax.Array:
-  return _conv_transpose_fwd(part_channels, parts, kernel)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _conv_transpose(
+  part_channels: tuple[int, ...], product_dtype: Any, parts: tuple[jax.Array, ...], kernel: jax.Array
+) -> jax.Array:
+  return _conv_transpose_fwd(part_channels, product_dtype, parts, kernel)[0]
 
 
-def _tap_product(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def _tap_product(x: jax.Array, kernel: jax.Array, product_dtype: Any) -> jax.Array:
   """[N, H, W, Cin] x (3, 3, Cout, Cin) -> [N, H, W, 3, 3, Cout], every tap's contribution per input pixel.
 
   As a product of matrices, [N*H*W, Cin] by the kernel's own [9*Cout, Cin] (contracting the minor axis of both):
@@ -292,37 +339,42 @@ def _tap_product(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """
   n, h, w, channels = x.shape
   taps = lax.dot_general(
-    x.reshape(n * h * w, channels),
-    kernel.reshape(-1, channels),
+    _operand(x.reshape(n * h * w, channels), product_dtype),
+    _operand(kernel.reshape(-1, channels), product_dtype),
     (((1,), (1,)), ((), ())),
     preferred_element_type=_accumulation_dtype(x.dtype),
   )
   return taps.reshape(n, h, w, 3, 3, kernel.shape[2])
 
 
-def _conv_transpose_fwd(part_channels, parts, kernel):
+def _conv_transpose_fwd(part_channels, product_dtype, parts, kernel):
   if len(parts) > 1 and 9 * kernel.shape[2] < sum(part_channels):
     # Few outputs (the logits layer): adding per-part products moves less memory than concatenating the inputs.
     taps = sum(
-      _tap_product(part, kernel[..., part_slice]) for part, part_slice in zip(parts, _part_slices(part_channels))
+      _tap_product(part, kernel[..., part_slice], product_dtype)
+      for part, part_slice in zip(parts, _part_slices(part_channels))
     )
   else:
-    taps = _tap_product(parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1), kernel)
-  return _phases_to_image(taps).astype(parts[0].dtype), (parts, kernel)
+    taps = _tap_product(parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1), kernel, product_dtype)
+  residual_parts = tuple(_operand(part, product_dtype) for part in parts)  # The kernel gradient's operands.
+  return _phases_to_image(taps).astype(parts[0].dtype), (residual_parts, kernel)
 
 
-def _conv_transpose_bwd(part_channels, residuals, grad):
+def _conv_transpose_bwd(part_channels, product_dtype, residuals, grad):
   """Both gradients are matrix products with the tap gradients (a stride-2 3x3 im2col of `grad`), one per input
   part: a part nothing differentiates (a frozen encoder's skip) costs no input-gradient product."""
   parts, kernel = residuals
   accumulate = _accumulation_dtype(grad.dtype)
-  grad_taps = _image_to_phases(grad)
+  grad_taps = _image_to_phases(_operand(grad, product_dtype))  # Cast before the nine windows: half the copying.
   grad_parts, grad_kernel = [], []
   for part, part_slice in zip(parts, _part_slices(part_channels)):
     grad_parts.append(
       lax.dot_general(
-        grad_taps, kernel[..., part_slice], (((3, 4, 5), (0, 1, 2)), ((), ())), preferred_element_type=accumulate
-      ).astype(part.dtype)
+        grad_taps,
+        _operand(kernel[..., part_slice], product_dtype),
+        (((3, 4, 5), (0, 1, 2)), ((), ())),
+        preferred_element_type=accumulate,
+      ).astype(grad.dtype)
     )
     # XLA:CPU transposes the first operand of a product over pixels: make it the narrower of the two.
     if part.shape[-1] <= 9 * grad.shape[-1]:
@@ -342,7 +394,9 @@ def _conv_transpose_bwd(part_channels, residuals, grad):
 _conv_transpose.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
 
 
-def conv_transpose_3x3_stride2(x: jax.Array | Sequence[jax.Array], kernel: jax.Array) -> jax.Array:
+def conv_transpose_3x3_stride2(
+  x: jax.Array | Sequence[jax.Array], kernel: jax.Array, product_dtype: Any = None
+) -> jax.Array:
   """`lax.conv_transpose(x, kernel, (2, 2), "SAME", transpose_kernel=True)` for a (3, 3, out, in) kernel (Keras'
   Conv2DTranspose(3, strides=2, padding="same"), output 2H x 2W), as one matrix product giving every kernel tap's
   contribution per input pixel, then shifted sums that place them (a sub-pixel convolution).
@@ -351,7 +405,7 @@ def conv_transpose_3x3_stride2(x: jax.Array | Sequence[jax.Array], kernel: jax.A
   upsampled features and its skip); the result is the same, but only the parts that need one get an input gradient.
   """
   parts = tuple(x) if isinstance(x, Sequence) else (x,)
-  return _conv_transpose(tuple(part.shape[-1] for part in parts), parts, kernel)
+  return _conv_transpose(tuple(part.shape[-1] for part in parts), product_dtype, parts, kernel)
 
 
 class ConvTranspose3x3Stride2(nn.Module):
@@ -360,7 +414,7 @@ class ConvTranspose3x3Stride2(nn.Module):
 
   `products=True` computes it by `conv_transpose_3x3_stride2` (the CPU formulation); False by the `lax.conv_transpose`
   that flax's layer calls (GPU/TPU), in a form jax2onnx converts to an ONNX ConvTranspose, which it does not for
-  flax's layer with transpose_kernel=True.
+  flax's layer with transpose_kernel=True. Either takes its operands in `product_dtype` when one is set.
   """
 
   features: int
@@ -369,6 +423,7 @@ class ConvTranspose3x3Stride2(nn.Module):
   bias_init: Any = nn.initializers.zeros_init()
   dtype: Any = None
   products: bool = True
+  product_dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array | Sequence[jax.Array]) -> jax.Array:
@@ -378,7 +433,14 @@ class ConvTranspose3x3Stride2(nn.Module):
     bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
     *parts, kernel, bias = nn.dtypes.promote_dtype(*parts, kernel, bias, dtype=self.dtype)
     if self.products:
-      y = conv_transpose_3x3_stride2(parts, kernel)
+      y = conv_transpose_3x3_stride2(parts, kernel, self.product_dtype)
     else:
-      y = lax.conv_transpose(jnp.concatenate(parts, axis=-1), kernel, (2, 2), "SAME", transpose_kernel=True)
+      y = lax.conv_transpose(
+        _operand(jnp.concatenate(parts, axis=-1), self.product_dtype),
+        _operand(kernel, self.product_dtype),
+        (2, 2),
+        "SAME",
+        transpose_kernel=True,
+        preferred_element_type=None if self.product_dtype is None else _accumulation_dtype(parts[0].dtype),
+      ).astype(parts[0].dtype)
     return y if bias is None else y + bias

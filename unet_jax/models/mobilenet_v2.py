@@ -90,12 +90,14 @@ class MobileNetV2(nn.Module):
 
   `alpha` is Keras' width multiplier; `dtype` is the compute dtype (parameters stay float32). `conv_impl` picks how
   convolutions compute: "xla" (`lax.conv`), "cpu" (`cpu_ops`: matrix products and fused loops, the fast form on
-  XLA:CPU) or "auto" (the "cpu" form on the CPU backend); the parameters are the same for all.
+  XLA:CPU) or "auto" (the "cpu" form on the CPU backend); the parameters are the same for all. `product_dtype`
+  (e.g. bfloat16; None: `dtype`) is the convolutions' operand dtype, summed in float32 (see `cpu_ops`).
   """
 
   alpha: float = 1.0
   dtype: Any = jnp.float32
   conv_impl: str = "auto"
+  product_dtype: Any = None
   # Keras' value. Training from scratch for a few hundred steps needs a faster one (e.g. 0.9): with 0.999 the
   # running statistics that inference uses are still mostly their initial values.
   bn_momentum: float = 0.999
@@ -119,7 +121,7 @@ class MobileNetV2(nn.Module):
       dtype=self.dtype,
       kernel_init=_KERAS_KERNEL_INIT,
       name=name,
-      conv_general_dilated=cpu_ops.conv_general_dilated if cpu_ops.use_cpu_ops(self.conv_impl) else None,
+      conv_general_dilated=cpu_ops.conv_function(cpu_ops.use_cpu_ops(self.conv_impl), self.product_dtype),
     )
 
   def _batch_norm(self, name: str, x: jax.Array, train: bool, real_examples: jax.Array | None) -> jax.Array:

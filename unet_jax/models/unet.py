@@ -33,6 +33,7 @@ def upsample_conv(
   dtype: Any,
   name: str,
   conv_impl: str = "auto",
+  product_dtype: Any = None,
 ) -> jax.Array:
   """A 3x3 layer that doubles height and width: Keras' Conv2DTranspose(strides=2, padding='same'), or x2 nearest
   upsampling followed by a 3x3 conv.
@@ -42,12 +43,19 @@ def upsample_conv(
   with 'SAME' padding lax pads the dilated input (2, 1), giving exactly Keras' output size 2n and alignment.
   `conv_impl` as in `MobileNetV2`: the "cpu" form computes the same layer (same parameters) as matrix products. `x`
   may be the parts (upsampled features, skip) that the layer's input concatenates along channels: the "cpu" form
-  then spares the input gradient of a part that needs none (a frozen encoder's skip).
+  then spares the input gradient of a part that needs none (a frozen encoder's skip). `product_dtype`: the operands'
+  dtype (see `cpu_ops`).
   """
   cpu = cpu_ops.use_cpu_ops(conv_impl)
   if mode == "transpose":
     return cpu_ops.ConvTranspose3x3Stride2(
-      features, use_bias=use_bias, kernel_init=kernel_init, dtype=dtype, products=cpu, name=name
+      features,
+      use_bias=use_bias,
+      kernel_init=kernel_init,
+      dtype=dtype,
+      products=cpu,
+      product_dtype=product_dtype,
+      name=name,
     )(x)
   if not isinstance(x, jax.Array):
     x = jnp.concatenate(x, axis=-1)
@@ -60,7 +68,7 @@ def upsample_conv(
     kernel_init=kernel_init,
     dtype=dtype,
     name=name,
-    conv_general_dilated=cpu_ops.conv_general_dilated if cpu else None,
+    conv_general_dilated=cpu_ops.conv_function(cpu, product_dtype),
   )(x)
 
 
@@ -73,6 +81,7 @@ class UpsampleBlock(nn.Module):
   dtype: Any = jnp.float32
   conv_impl: str = "auto"
   bn_momentum: float = 0.99  # Keras' BatchNormalization default.
+  product_dtype: Any = None
 
   @nn.compact
   def __call__(
@@ -87,6 +96,7 @@ class UpsampleBlock(nn.Module):
       dtype=self.dtype,
       name="conv",
       conv_impl=self.conv_impl,
+      product_dtype=self.product_dtype,
     )
     x = batch_norm(x, train=train, real_examples=real_examples, momentum=self.bn_momentum, dtype=self.dtype, name="bn")
     if self.dropout_rate:
@@ -102,7 +112,8 @@ class UNet(nn.Module):
 
   With `freeze_encoder` the encoder's BatchNorm always uses its running statistics, as Keras does for a layer with
   `trainable=False`, so its batch_stats never change (masking its parameters out of the update is the optimizer's job).
-  Dropout draws from the "dropout" rng collection. `conv_impl` ("auto" | "xla" | "cpu") as in `MobileNetV2`.
+  Dropout draws from the "dropout" rng collection. `conv_impl` ("auto" | "xla" | "cpu") and `product_dtype` as in
+  `MobileNetV2`.
   """
 
   num_classes: int = 3
@@ -115,6 +126,7 @@ class UNet(nn.Module):
   conv_impl: str = "auto"
   # One BatchNorm momentum for encoder and decoder; None keeps Keras' (0.999 encoder, 0.99 decoder).
   bn_momentum: float | None = None
+  product_dtype: Any = None
 
   def _check(self, images: jax.Array) -> None:
     if self.upsample not in UPSAMPLE_MODES:
@@ -139,12 +151,21 @@ class UNet(nn.Module):
   def __call__(self, images: jax.Array, train: bool = False, real_examples: jax.Array | None = None) -> jax.Array:
     self._check(images)
     momentum = {} if self.bn_momentum is None else {"bn_momentum": self.bn_momentum}
-    encoder = MobileNetV2(self.alpha, self.dtype, self.conv_impl, **momentum, name="encoder")
+    encoder = MobileNetV2(
+      self.alpha, self.dtype, self.conv_impl, **momentum, product_dtype=self.product_dtype, name="encoder"
+    )
     skips = encoder(images, train=train and not self.freeze_encoder, real_examples=real_examples)
     x = skips[-1]
     for index, (filters, skip) in enumerate(zip(self.decoder_filters, reversed(skips[:-1]))):
       x = UpsampleBlock(
-        filters, self.upsample, self.dropout_rate, self.dtype, self.conv_impl, **momentum, name=f"up_{index}"
+        filters,
+        self.upsample,
+        self.dropout_rate,
+        self.dtype,
+        self.conv_impl,
+        **momentum,
+        product_dtype=self.product_dtype,
+        name=f"up_{index}",
       )(x, train, real_examples)
       x = (x, skip)  # Concatenated along channels by the next upsampling conv.
     x = upsample_conv(
@@ -156,6 +177,7 @@ class UNet(nn.Module):
       dtype=self.dtype,
       name="last",
       conv_impl=self.conv_impl,
+      product_dtype=self.product_dtype,
     )
     return x.astype(jnp.float32)
 
