@@ -22,12 +22,16 @@ Both run on fixed random batches already in memory; the input pipeline is measur
 BatchNorm's batch statistics masked to the batch's real rows (the batch itself full), measured in turn with the
 others, and a ratio line of its step time over the unmasked step's.
 
-One JSON line per figure: images_per_s (batch / median step time), first_step_s (trace + compile + first run),
-peak_rss_mb, peak_device_mb (GPU/TPU only), load_1m (the machine's load average at the end: other processes slow
-both sides alike).
+One JSON line per figure: images_per_s (batch / median step time), first_step_s (trace + compile + first run; for
+JAX split into trace_s, lower_s, compile_s, the rest being the run), init_s (building the model: JAX's jitted init,
+Keras' layers), peak_rss_mb, peak_device_mb (GPU/TPU only), load_1m (the machine's load average at the end: other
+processes slow both sides alike). The first line says what ran: CPU model and features, cores, date, versions. JAX
+reads JAX_COMPILATION_CACHE_DIR: set, a second run of the same figure measures the first step from a warm
+persistent cache.
 """
 
 import collections
+import importlib.metadata
 import json
 import os
 import pathlib
@@ -57,6 +61,9 @@ _MODES = flags.DEFINE_list(
 )
 _CONV_IMPL = flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "cpu"], "The JAX model's conv_impl.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "The JAX model's compute dtype.")
+_PRODUCT_DTYPE = flags.DEFINE_enum(
+  "product_dtype", "", ["", "float32", "bfloat16"], "The JAX model's product_dtype ('': its compute dtype)."
+)
 _KERAS = flags.DEFINE_enum(
   "keras",
   "tf.keras",
@@ -114,12 +121,21 @@ def jax_figure(mode: str, batch_size: int, padded: bool = False) -> dict[str, An
   from unet_jax import default_config, sharding, train_state, trainer
 
   config = default_config.get_config()
-  config.model.update(pretrained="", freeze_encoder=mode != "trainable", dtype=_DTYPE.value, conv_impl=_CONV_IMPL.value)
+  config.model.update(
+    pretrained="",
+    freeze_encoder=mode != "trainable",
+    dtype=_DTYPE.value,
+    product_dtype=_PRODUCT_DTYPE.value,
+    conv_impl=_CONV_IMPL.value,
+  )
   config.data.update(image_size=_IMAGE_SIZE.value, drop_remainder=not padded)  # A padding stream masks BatchNorm.
+  start = time.perf_counter()
   model = train_state.create_model(config.model)
   tx = train_state.make_optimizer(config, num_train_steps=1000, train_encoder=mode == "trainable")
   mesh = sharding.make_mesh()
-  state = jax.jit(train_state.make_init_fn(config, model, tx), out_shardings=sharding.replicated(mesh))()
+  state = train_state.jit_init_fn(config, model, tx, mesh)()
+  jax.block_until_ready(state)
+  init = time.perf_counter() - start
   rng = np.random.default_rng(0)
   size = _IMAGE_SIZE.value
   batch = sharding.shard_batch(
@@ -136,23 +152,36 @@ def jax_figure(mode: str, batch_size: int, padded: bool = False) -> dict[str, An
       lambda state, images: model.apply({"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
     )
     args = [state, batch["image"]]
-    run_step = lambda: step(*args).block_until_ready()
   else:
     step = trainer.make_train_fn(config, model, tx, mesh)
     args = [state, batch]
+  # The first step's parts: tracing to a jaxpr, lowering to StableHLO, XLA's compile (or a persistent cache hit).
+  parts = {}
+  start = time.perf_counter()
+  traced = step.trace(*args)
+  parts["trace_s"], start = time.perf_counter() - start, time.perf_counter()
+  lowered = traced.lower()
+  parts["lower_s"], start = time.perf_counter() - start, time.perf_counter()
+  compiled = lowered.compile()
+  parts["compile_s"] = time.perf_counter() - start
 
-    def run_step():
-      args[0], metrics = step(*args)
+  def run_step():
+    if mode == "inference":
+      jax.block_until_ready(compiled(*args))
+    else:
+      args[0], metrics = compiled(*args)
       jax.block_until_ready(metrics)
 
   first, median = time_steps(run_step, _STEPS.value)
+  first += sum(parts.values())
   if _PROFILE.value:
     for row in profile_step(step, args, run_step):
       emit(figure="profile", framework="jax", mode=mode, batch=batch_size, **row)
   # GPUs and TPUs count the bytes their allocator held at most; the CPU backend keeps no such figure.
   peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
   device = {"device": jax.devices()[0].device_kind, "peak_device_mb": peak and round(peak / 2**20)}
-  return {"first_step_s": first, "median_step_s": median, **device}
+  parts = {name: round(seconds, 2) for name, seconds in parts.items()}
+  return {"first_step_s": first, "median_step_s": median, "init_s": round(init, 2), **parts, **device}
 
 
 def profile_step(step, args: list[Any], run_step) -> list[dict[str, Any]]:
@@ -233,7 +262,9 @@ def keras_figure(mode: str, batch_size: int) -> dict[str, Any]:
   else:
     keras = tf.keras
 
+  start = time.perf_counter()
   model, down_stack = keras_tutorial_unet(keras, _IMAGE_SIZE.value)
+  init = time.perf_counter() - start
   down_stack.trainable = mode == "trainable"  # The tutorial freezes it; Keras then runs its BatchNorm in inference.
   size = _IMAGE_SIZE.value
   images = tf.random.uniform((batch_size, size, size, 3), -1, 1, seed=0)
@@ -255,7 +286,7 @@ def keras_figure(mode: str, batch_size: int) -> dict[str, Any]:
 
     run_step = lambda: train_step(images, masks).numpy()
   first, median = time_steps(run_step, _STEPS.value)
-  return {"first_step_s": first, "median_step_s": median, "device": "cpu", "keras": keras.__version__}
+  return {"first_step_s": first, "median_step_s": median, "init_s": round(init, 2), "device": "cpu"}
 
 
 def run_worker(spec: str) -> None:
@@ -306,9 +337,28 @@ def forwarded_flags() -> list[str]:
     f"--steps={_STEPS.value}",
     f"--conv_impl={_CONV_IMPL.value}",
     f"--dtype={_DTYPE.value}",
+    f"--product_dtype={_PRODUCT_DTYPE.value}",
     f"--keras={_KERAS.value}",
     f"--profile={_PROFILE.value}",
   ]
+
+
+def machine() -> dict[str, Any]:
+  """What a figure was measured on: the CPU (model, the features that decide its matrix-product kernels, cores), the
+  date, and the versions of both sides (read from the installed packages, importing neither)."""
+  cpuinfo = pathlib.Path("/proc/cpuinfo")
+  fields = dict(re.findall(r"^(model name|cpu family|model|flags)\s*:\s*(.*)$", cpuinfo.read_text(), re.MULTILINE))
+  cpu_flags = fields.get("flags", "").split()
+  packages = ("jax", "jaxlib", "flax", "tensorflow", "keras")
+  return {
+    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    "cpu": fields.get("model name", "unknown"),
+    "cpu_family_model": f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}",
+    "cpu_features": [name for name in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if name in cpu_flags],
+    "cpus": os.cpu_count(),
+    "python": sys.version.split()[0],
+    **{name: importlib.metadata.version(name) for name in packages},
+  }
 
 
 def main(argv: list[str]) -> None:
@@ -324,7 +374,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError("--padded_batches times a JAX train step: add jax to --frameworks.")
   if _QUICK.value:
     flags.FLAGS.batch_sizes, flags.FLAGS.steps, flags.FLAGS.input_pipeline = ["8"], 2, False
-  emit(figure="machine", cpus=os.cpu_count(), load_1m=round(os.getloadavg()[0], 2), python=sys.version.split()[0])
+  emit(figure="machine", **machine(), load_1m=round(os.getloadavg()[0], 2))
   for mode in _MODES.value:
     for batch in _BATCH_SIZES.value:
       variants = list(_FRAMEWORKS.value)
@@ -349,6 +399,7 @@ def main(argv: list[str]) -> None:
             for field, key in (
               ("images_per_s", "images_per_s"),
               ("first_step_s", "first_step_s"),
+              ("init_s", "init_s"),
               ("peak_rss", "peak_rss_mb"),
             )
           },
