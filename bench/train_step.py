@@ -175,7 +175,7 @@ def jax_figure(mode: str, batch_size: int, padded: bool = False) -> dict[str, An
   first, median = time_steps(run_step, _STEPS.value)
   first += sum(parts.values())
   if _PROFILE.value:
-    for row in profile_step(step, args, run_step):
+    for row in profile_step(compiled, run_step):
       emit(figure="profile", framework="jax", mode=mode, batch=batch_size, **row)
   # GPUs and TPUs count the bytes their allocator held at most; the CPU backend keeps no such figure.
   peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
@@ -184,12 +184,12 @@ def jax_figure(mode: str, batch_size: int, padded: bool = False) -> dict[str, An
   return {"first_step_s": first, "median_step_s": median, "init_s": round(init, 2), **parts, **device}
 
 
-def profile_step(step, args: list[Any], run_step) -> list[dict[str, Any]]:
+def profile_step(compiled, run_step) -> list[dict[str, Any]]:
   """Where one step's time goes: the durations of the XLA ops in a `jax.profiler` trace, attributed to the Flax
   layer (and forward or backward pass) that the op's HLO metadata names; per stage, per kind of op, top layers."""
   import jax
 
-  hlo = step.lower(*args).compile().as_text()
+  hlo = compiled.as_text()
   op_names = dict(re.findall(r'^\s*(?:ROOT )?%?([\w.\-]+) = [^\n]*?metadata=\{op_name="([^"]+)"', hlo, re.MULTILINE))
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir):
@@ -347,7 +347,8 @@ def machine() -> dict[str, Any]:
   """What a figure was measured on: the CPU (model, the features that decide its matrix-product kernels, cores), the
   date, and the versions of both sides (read from the installed packages, importing neither)."""
   cpuinfo = pathlib.Path("/proc/cpuinfo")
-  fields = dict(re.findall(r"^(model name|cpu family|model|flags)\s*:\s*(.*)$", cpuinfo.read_text(), re.MULTILINE))
+  text = cpuinfo.read_text() if cpuinfo.exists() else ""  # Linux only.
+  fields = dict(re.findall(r"^(model name|cpu family|model|flags)\s*:\s*(.*)$", text, re.MULTILINE))
   cpu_flags = fields.get("flags", "").split()
   packages = ("jax", "jaxlib", "flax", "tensorflow", "keras")
   return {

@@ -47,7 +47,6 @@ def create_model(model_config: ml_collections.ConfigDict, platform: str | None =
       f"config.model.product_dtype={model_config.product_dtype!r} is not supported: use one of {sorted(DTYPES)}, "
       f"or '' for the compute dtype (config.model.dtype)."
     )
-  product_dtype = model_config.product_dtype or model_config.dtype
   return UNet(
     num_classes=model_config.num_classes,
     alpha=model_config.alpha,
@@ -58,7 +57,9 @@ def create_model(model_config: ml_collections.ConfigDict, platform: str | None =
     dtype=DTYPES[model_config.dtype],
     conv_impl=cpu_ops.resolve_conv_impl(model_config.conv_impl, platform),
     bn_momentum=model_config.bn_momentum if model_config.bn_momentum > 0 else None,
-    product_dtype=None if product_dtype == model_config.dtype else DTYPES[product_dtype],
+    product_dtype=None
+    if model_config.product_dtype in ("", model_config.dtype)
+    else DTYPES[model_config.product_dtype],
   )
 
 

@@ -71,7 +71,7 @@ def _lax_conv_with_products(lhs: jax.Array, rhs: jax.Array, *args: Any, product_
     lhs.astype(product_dtype),
     rhs.astype(product_dtype),
     *args,
-    preferred_element_type=_accumulation_dtype(lhs.dtype),
+    preferred_element_type=_sum_dtype(product_dtype, lhs.dtype),
     **kwargs,
   )
   return out.astype(lhs.dtype)
@@ -114,6 +114,11 @@ def _operand(x: jax.Array, product_dtype: Any) -> jax.Array:
   return x if product_dtype is None else x.astype(product_dtype)
 
 
+def _sum_dtype(product_dtype: Any, dtype: Any) -> Any:
+  """The `preferred_element_type` of a product whose result is `dtype`: None (the operands') unless they are cast."""
+  return None if product_dtype is None else _accumulation_dtype(dtype)
+
+
 def _product(x: jax.Array, y: jax.Array, dimensions: Any, product_dtype: Any, out_dtype: Any) -> jax.Array:
   """`lax.dot_general(x, y, dimensions)` in `out_dtype`, its operands in `product_dtype` (None: as they are) summed in
   float32 or wider."""
@@ -121,7 +126,7 @@ def _product(x: jax.Array, y: jax.Array, dimensions: Any, product_dtype: Any, ou
     _operand(x, product_dtype),
     _operand(y, product_dtype),
     dimensions,
-    preferred_element_type=None if product_dtype is None else _accumulation_dtype(out_dtype),
+    preferred_element_type=_sum_dtype(product_dtype, out_dtype),
   )
   return out.astype(out_dtype)
 
@@ -441,6 +446,6 @@ class ConvTranspose3x3Stride2(nn.Module):
         (2, 2),
         "SAME",
         transpose_kernel=True,
-        preferred_element_type=None if self.product_dtype is None else _accumulation_dtype(parts[0].dtype),
+        preferred_element_type=_sum_dtype(self.product_dtype, parts[0].dtype),
       ).astype(parts[0].dtype)
     return y if bias is None else y + bias
