@@ -37,7 +37,7 @@ def test_two_processes_reduce_over_four_devices():
     assert r["psum"] == 0 + 1 + 2 + 3  # one value per device, summed over both processes.
     assert r["jit_sum"] == 6
     assert r["all_gather"] == [0, 1, 2, 3]
-    assert r["process_ids"] == [0, 1]
+    assert r["owners"] == [0, 0, 1, 1]  # The process that holds each device, in global device order.
     assert r["start_line"].startswith("processes=2 devices=4 local_devices=2")
 
 
@@ -182,23 +182,40 @@ def test_initialize_leaves_the_slice_to_jax_auto_detection_only_on_a_tpu_vm(mach
 
 
 def _worker() -> None:
-  """One of the two processes: joins via the launcher's environment, then runs three collectives."""
+  """One of the two processes: joins via the launcher's environment, then runs three collectives.
+
+  Every result is awaited on all local devices before it is read: a replicated output's `addressable_data(0)`
+  (and `multihost_utils.process_allgather`, which reads only that) waits for the first device alone, and a
+  process that exits while its second device is still forming a gloo communicator with the other process's
+  can leave that process blocked at exit.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
   from jax.sharding import PartitionSpec as P
 
   distributed.initialize()
   mesh = jax.make_mesh((jax.device_count(),), ("data",))
+  sharded, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
   # Each process contributes the values of its own devices: process 0 -> [0, 1], process 1 -> [2, 3].
   local = np.arange(jax.local_device_count(), dtype=np.int32) + jax.process_index() * jax.local_device_count()
-  x = jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), local)
-  psum = jax.jit(
-    jax.shard_map(lambda block: jax.lax.psum(block, "data"), mesh=mesh, in_specs=P("data"), out_specs=P())
-  )(x)
-  jit_sum = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))(x)
+  x = jax.make_array_from_process_local_data(sharded, local)
+  owners = jax.make_array_from_process_local_data(
+    sharded, np.full(jax.local_device_count(), jax.process_index(), np.int32)
+  )
+  gather = jax.jit(lambda a: a, out_shardings=replicated)
+  results = jax.block_until_ready(
+    {
+      "psum": jax.jit(
+        jax.shard_map(lambda block: jax.lax.psum(block, "data"), mesh=mesh, in_specs=P("data"), out_specs=P())
+      )(x),
+      "jit_sum": jax.jit(jnp.sum, out_shardings=replicated)(x),
+      "all_gather": gather(x),
+      "owners": gather(owners),
+    }
+  )
+  local_results = {name: np.asarray(value.addressable_data(0)) for name, value in results.items()}
   print(
     json.dumps(
       {
@@ -206,10 +223,10 @@ def _worker() -> None:
         "process_count": jax.process_count(),
         "device_count": jax.device_count(),
         "local_device_count": jax.local_device_count(),
-        "psum": int(psum.addressable_data(0)[0]),
-        "jit_sum": int(jit_sum.addressable_data(0)),
-        "all_gather": multihost_utils.process_allgather(x, tiled=True).tolist(),
-        "process_ids": multihost_utils.process_allgather(np.int32(jax.process_index())).tolist(),
+        "psum": int(local_results["psum"][0]),
+        "jit_sum": int(local_results["jit_sum"]),
+        "all_gather": local_results["all_gather"].tolist(),
+        "owners": local_results["owners"].tolist(),
         "start_line": distributed.describe_run(mesh, global_batch_size=8),
       }
     ),
