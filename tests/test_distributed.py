@@ -182,12 +182,12 @@ def test_initialize_leaves_the_slice_to_jax_auto_detection_only_on_a_tpu_vm(mach
 
 
 def _worker() -> None:
-  """One of the two processes: joins via the launcher's environment, then runs three collectives.
+  """One of the two processes: joins via the launcher's environment, then runs its collectives.
 
-  Every result is awaited on all local devices before it is read: a replicated output's `addressable_data(0)`
-  (and `multihost_utils.process_allgather`, which reads only that) waits for the first device alone, and a
-  process that exits while its second device is still forming a gloo communicator with the other process's
-  can leave that process blocked at exit.
+  Every result is awaited on all local devices before it is read. Reading a replicated output's
+  `addressable_data(0)` (all `multihost_utils.process_allgather` does) waits for the first device alone; if the
+  other process then exits while this one's second device is still forming a gloo communicator with it, this
+  process blocks at exit, waiting for that device.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
