@@ -8,6 +8,7 @@ import fcntl
 import os
 import pathlib
 import runpy
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ import pytest
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SYNTHETIC_CONFIG = REPO_ROOT / "configs" / "synthetic.py"
 XLA_CACHE_DIR = pathlib.Path(tempfile.gettempdir()) / "unet_jax_tests_xla_cache"
+TRAINER_TIMEOUT_S = 600
 jax.config.update("jax_compilation_cache_dir", str(XLA_CACHE_DIR))  # In-process tests share it too.
 
 # The model and data of every trainer test: seconds per step on a CPU, still the real U-Net and the real stream.
@@ -85,6 +87,8 @@ def trainer_env(devices: int = 1) -> dict[str, str]:
     "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}",
     "JAX_COMPILATION_CACHE_DIR": str(XLA_CACHE_DIR),
     "PYTHONPATH": str(REPO_ROOT),
+    # On SIGABRT (what `run_trainer` sends a trainer that outlives its timeout) Python prints every thread's stack.
+    "PYTHONFAULTHANDLER": "1",
   }
 
 
@@ -97,15 +101,26 @@ def run_trainer(
   check: bool = True,
   cwd: os.PathLike = REPO_ROOT,
 ) -> subprocess.CompletedProcess:
-  """The trainer CLI; a relative `workdir` is relative to `cwd`, as for a user."""
-  result = subprocess.run(
-    trainer_command(workdir, data_dir, overrides),
-    env=trainer_env(devices),
-    cwd=cwd,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  """The trainer CLI; a relative `workdir` is relative to `cwd`, as for a user. A trainer still running after
+  `TRAINER_TIMEOUT_S` fails the test with every thread's stack, which says where it was stuck."""
+  command = trainer_command(workdir, data_dir, overrides)
+  with subprocess.Popen(
+    command, env=trainer_env(devices), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  ) as process:
+    try:
+      stdout, stderr = process.communicate(timeout=TRAINER_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+      process.send_signal(signal.SIGABRT)
+      try:
+        _, stderr = process.communicate(timeout=60)
+      except subprocess.TimeoutExpired:
+        process.kill()
+        _, stderr = process.communicate()
+      raise AssertionError(
+        f"the trainer was still running after {TRAINER_TIMEOUT_S} s; its stderr ends (the threads' stacks last):\n"
+        f"{stderr[-12000:]}"
+      ) from None
+  result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
   if check and result.returncode != 0:
     raise AssertionError(f"trainer exited {result.returncode}:\n{result.stderr[-6000:]}")
   return result
