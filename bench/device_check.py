@@ -1,8 +1,9 @@
 """What a machine with an NVIDIA GPU gives the product, in one short run: `bash bench/device_check.sh`.
 
 JSON lines: the GPU's logits against the CPU backend's for the same model and images (float32: the same weights must
-give the same masks), then `bench/train_step.py`'s figures for the trainer's step on the GPU (frozen and trainable
-encoder; float32 and bfloat16; batch 64 and 256; 128 and 224 px: images/s, compile time, peak GPU memory), then a
+give the same masks), then `bench/train_step.py`'s figures: the GPU's matrix-product GFLOP/s, and the trainer's step
+(frozen and trainable encoder; float32 and bfloat16; batch 64 and 256; 128 and 224 px: images/s, XLA's GFLOP per step
+and the rate it runs at, compile time, peak GPU memory), then a
 short configs/pets_sample.py:local training with its test figures beside the tutorial recipe's expected ones.
 
 `--dry_run` does the same on this CPU at toy sizes (the parity compares the CPU formulations with lax.conv), so the
@@ -72,6 +73,7 @@ def step_figures(dry_run: bool) -> None:
       ]
       command += [f"--dtype={dtype}", f"--image_size={size}", f"--batch_sizes={batches}", f"--modes={modes}"]
       command += ["--steps=2"] if dry_run else ["--steps=10"]
+      command += [f"--matmul_peak={dtype == 'float32' and size == sizes[0]}"]  # The device's product rates, once.
       subprocess.run(command, check=True)
 
 

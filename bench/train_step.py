@@ -23,9 +23,11 @@ BatchNorm's batch statistics masked to the batch's real rows (the batch itself f
 others, and a ratio line of its step time over the unmasked step's.
 
 One JSON line per figure: images_per_s (batch / median step time), first_step_s (trace + compile + first run; for
-JAX split into trace_s, lower_s, compile_s, the rest being the run), init_s (building the model: JAX's jitted init,
-Keras' layers), peak_rss_mb, peak_device_mb (GPU/TPU only), load_1m (the machine's load average at the end: other
-processes slow both sides alike). The first line says what ran: CPU model and features, cores, date, versions. JAX
+JAX split into trace_s, lower_s, compile_s, the rest being the run), gflop_per_step and gflop_per_s (XLA's flop count
+of the JAX step; the ratio line prices both frameworks' images/s with it), init_s (building the model: JAX's jitted
+init, Keras' layers), peak_rss_mb, peak_device_mb (GPU/TPU only), load_1m (the machine's load average at the end:
+other processes slow both sides alike). The first line says what ran: CPU model and features, cores, date, versions;
+then each framework's matrix-product GFLOP/s (`matmul_peak`), the ceiling of a step made of products. JAX
 reads JAX_COMPILATION_CACHE_DIR: set, a second run of the same figure measures the first step from a warm
 persistent cache.
 """
@@ -69,6 +71,9 @@ _KERAS = flags.DEFINE_enum(
   "tf.keras",
   ["tf.keras", "tf_keras"],
   "The reference's Keras: tf.keras (Keras 3, what the tutorial runs on today's TF) or tf_keras (Keras 2).",
+)
+_MATMUL_PEAK = flags.DEFINE_bool(
+  "matmul_peak", True, "First measure each framework's matrix-product GFLOP/s (float32; JAX also bf16 operands)."
 )
 _INPUT_PIPELINE = flags.DEFINE_bool("input_pipeline", True, "Also run bench/input_pipeline.py at the largest batch.")
 _PROFILE = flags.DEFINE_bool("profile", False, "Trace one JAX step per figure and summarise where its time goes.")
@@ -164,6 +169,8 @@ def jax_figure(mode: str, batch_size: int, padded: bool = False) -> dict[str, An
   parts["lower_s"], start = time.perf_counter() - start, time.perf_counter()
   compiled = lowered.compile()
   parts["compile_s"] = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list | tuple) else cost  # A list of one on older jax.
 
   def run_step():
     if mode == "inference":
@@ -181,7 +188,14 @@ def jax_figure(mode: str, batch_size: int, padded: bool = False) -> dict[str, An
   peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
   device = {"device": jax.devices()[0].device_kind, "peak_device_mb": peak and round(peak / 2**20)}
   parts = {name: round(seconds, 2) for name, seconds in parts.items()}
-  return {"first_step_s": first, "median_step_s": median, "init_s": round(init, 2), **parts, **device}
+  return {
+    "first_step_s": first,
+    "median_step_s": median,
+    "gflop_per_step": round(cost.get("flops", 0.0) / 1e9, 1),
+    "init_s": round(init, 2),
+    **parts,
+    **device,
+  }
 
 
 def profile_step(compiled, run_step) -> list[dict[str, Any]]:
@@ -289,7 +303,40 @@ def keras_figure(mode: str, batch_size: int) -> dict[str, Any]:
   return {"first_step_s": first, "median_step_s": median, "init_s": round(init, 2), "device": "cpu"}
 
 
+def matmul_peak(framework: str, size: int = 2048, calls: int = 10) -> list[dict[str, Any]]:
+  """GFLOP/s of one [size, size] x [size, size] product, median of `calls`: what this CPU's matrix-product kernels
+  reach in each framework (JAX: float32, and bf16 operands summed in float32 as `product_dtype` computes; TF's
+  oneDNN: float32), the ceiling of steps whose time goes to products."""
+  if framework == "jax":
+    import jax
+    import jax.numpy as jnp
+
+    x = jax.random.normal(jax.random.key(0), (size, size))
+    products = {
+      "float32": jax.jit(lambda a, b: a @ b),
+      "bfloat16": jax.jit(
+        lambda a, b: jnp.matmul(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+      ),
+    }
+    run = {dtype: (lambda f=f: jax.block_until_ready(f(x, x))) for dtype, f in products.items()}
+  else:
+    import tensorflow as tf
+
+    x = tf.random.normal((size, size), seed=0)
+    run = {"float32": lambda: tf.linalg.matmul(x, x).numpy()}
+  rows = []
+  for dtype, call in run.items():
+    _, seconds = time_steps(call, calls)
+    rows.append({"dtype": dtype, "size": size, "gflop_per_s": round(2 * size**3 / seconds / 1e9, 1)})
+  return rows
+
+
 def run_worker(spec: str) -> None:
+  if spec.startswith("matmul_peak:"):
+    framework = spec.split(":")[1]
+    for row in matmul_peak(framework):
+      emit(figure="matmul_peak", framework=framework, **row, load_1m=round(os.getloadavg()[0], 2))
+    return
   framework, mode, batch, *padded = spec.split(":")
   batch_size = int(batch)
   if framework == "jax":
@@ -298,6 +345,8 @@ def run_worker(spec: str) -> None:
       figure["padded_batches"] = bool(padded)
   else:
     figure = keras_figure(mode, batch_size)
+  if figure.get("gflop_per_step"):
+    figure["gflop_per_s"] = round(figure["gflop_per_step"] / figure["median_step_s"], 1)
   emit(
     figure="step" if mode == "inference" else "train_step",
     framework=framework,
@@ -375,7 +424,11 @@ def main(argv: list[str]) -> None:
     raise app.UsageError("--padded_batches times a JAX train step: add jax to --frameworks.")
   if _QUICK.value:
     flags.FLAGS.batch_sizes, flags.FLAGS.steps, flags.FLAGS.input_pipeline = ["8"], 2, False
+    flags.FLAGS.matmul_peak = False
   emit(figure="machine", **machine(), load_1m=round(os.getloadavg()[0], 2))
+  if _MATMUL_PEAK.value:
+    for framework in _FRAMEWORKS.value:
+      subprocess_lines([sys.executable, __file__, f"--worker=matmul_peak:{framework}"])
   for mode in _MODES.value:
     for batch in _BATCH_SIZES.value:
       variants = list(_FRAMEWORKS.value)
@@ -390,6 +443,8 @@ def main(argv: list[str]) -> None:
           )
           figures[variant] += [row for row in rows if row["figure"] != "profile"][:1]
       if figures["jax"] and figures["keras"]:
+        # Both models do the same work: XLA's count for the JAX step prices Keras' images/s too.
+        gflop_per_image = median(figures["jax"], "gflop_per_step") / int(batch)
         emit(
           figure="ratio_jax_over_keras",
           mode=mode,
@@ -403,6 +458,10 @@ def main(argv: list[str]) -> None:
               ("init_s", "init_s"),
               ("peak_rss", "peak_rss_mb"),
             )
+          },
+          **{
+            f"{framework}_gflop_per_s": round(gflop_per_image * median(figures[framework], "images_per_s"), 1)
+            for framework in FRAMEWORKS
           },
         )
       if figures["jax"] and figures["jax:padded"]:

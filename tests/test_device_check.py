@@ -17,11 +17,14 @@ def test_dry_run_prints_each_figure(shared_dir, tmp_path):
   by_kind = {}
   for figure in figures:
     by_kind.setdefault(figure["figure"], []).append(figure)
-  assert set(by_kind) == {"devices", "parity", "machine", "train_step", "pets_sample"}
+  assert set(by_kind) == {"devices", "parity", "machine", "matmul_peak", "train_step", "pets_sample"}
+  assert [peak["dtype"] for peak in by_kind["matmul_peak"]] == ["float32", "bfloat16"]
+  assert all(peak["gflop_per_s"] > 0 for peak in by_kind["matmul_peak"])
   (parity,) = by_kind["parity"]
   assert parity["conv_impls"] == ["cpu", "xla"]  # The CPU formulations against the GPU's, both run on this CPU.
   assert parity["mask_agreement"] == 1.0 and parity["max_abs_logit_diff"] < 1e-5 * max(1.0, parity["logit_scale"])
   steps = by_kind["train_step"]
   assert len(steps) == 2 and all(step["images_per_s"] > 0 for step in steps)  # float32, then bfloat16.
+  assert all(step["gflop_per_step"] > 0 and step["gflop_per_s"] > 0 for step in steps)  # XLA's count, priced.
   (training,) = by_kind["pets_sample"]
   assert 0 < training["mean_iou"] < 1 and training["expected"]["mean_iou"] == 0.70
