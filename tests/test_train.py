@@ -6,6 +6,7 @@ preempted) are compared with it.
 
 import json
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import train_testlib
 from PIL import Image
 from train_testlib import synthetic_data_dir  # noqa: F401  (a fixture)
 
-from unet_jax import checkpointing, data, errors, train, trainer
+from unet_jax import checkpointing, data, errors, host_memory, train, trainer
 
 NUM_STEPS = train_testlib.TINY["num_train_steps"]
 
@@ -128,6 +129,14 @@ def test_checkpoint_of_8_devices_restores_on_1(eight_devices, synthetic_data_dir
   saved = _checkpoint(workdir, NUM_STEPS)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), saved["params"])
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.batch_stats), saved["batch_stats"])
+
+
+def test_the_trainer_restarted_itself_with_huge_pages_where_the_system_gives_them(reference):
+  """`python -m unet_jax.train ...` re-executes itself with glibc's tunable (`unet_jax.host_memory`) and its flags."""
+  if host_memory.tunables_with_huge_pages({}, host_memory.glibc_version(), host_memory.thp_mode()) is None:
+    pytest.skip(f"no restart here: glibc {host_memory.glibc_version()}, THP mode {host_memory.thp_mode()}")
+  _, log = reference
+  assert re.search(r"Host memory: GLIBC_TUNABLES=\S*glibc\.malloc\.hugetlb=", log), log[:3000]
 
 
 def test_sigkill_and_restart_ends_bitwise_equal_to_an_uninterrupted_run(reference, tmp_path, synthetic_data_dir):  # noqa: F811

@@ -14,7 +14,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from unet_jax import checkpointing, cli, distributed, paths, trainer
+from unet_jax import checkpointing, cli, distributed, host_memory, paths, trainer
 
 FLAGS = flags.FLAGS
 # A run stopped by SIGTERM exits as a process killed by it would (128 + 15), after saving: a scheduler sees it did not
@@ -41,6 +41,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; options go as --flag=value.")
   cli.quiet_library_logs()
+  logging.info("Host memory: %s", host_memory.describe())
   use_compilation_cache(FLAGS.config.compilation_cache_dir)  # Before joining: a multi-host CPU run turns it off.
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   workdir = paths.resolve(FLAGS.workdir)

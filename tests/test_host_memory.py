@@ -1,0 +1,76 @@
+"""The commands' restart with huge pages for large blocks: when it happens, what it keeps, and that the tunable it
+sets gives a process huge pages where glibc and the kernel can."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from unet_jax import host_memory
+
+MADVISE = "always [madvise] never\n"
+
+
+@pytest.mark.parametrize(
+  ("environ", "glibc", "mode", "expected"),
+  [
+    ({}, (2, 36), "madvise", "glibc.malloc.hugetlb=1"),
+    (
+      {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"},
+      (2, 35),
+      "madvise",
+      "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1",
+    ),
+    ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, (2, 36), "madvise", None),  # The user's choice; also no loop.
+    ({}, (2, 34), "madvise", None),  # No such tunable before glibc 2.35.
+    ({}, None, "madvise", None),  # Another C library.
+    ({}, (2, 36), "always", None),  # Every large block gets huge pages already.
+    ({}, (2, 36), "never", None),
+    ({}, (2, 36), None, None),  # No transparent huge pages in this kernel.
+  ],
+)
+def test_a_restart_happens_only_where_it_changes_something(environ, glibc, mode, expected):
+  assert host_memory.tunables_with_huge_pages(environ, glibc, mode) == expected
+
+
+def test_thp_mode_reads_the_bracketed_choice(tmp_path, monkeypatch):
+  mode_file = tmp_path / "enabled"
+  monkeypatch.setattr(host_memory, "_THP_MODE_FILE", mode_file)
+  assert host_memory.thp_mode() is None
+  mode_file.write_text(MADVISE)
+  assert host_memory.thp_mode() == "madvise"
+
+
+def _supported_environ() -> dict[str, str]:
+  environ = {name: value for name, value in os.environ.items() if name != "GLIBC_TUNABLES"}
+  tunables = host_memory.tunables_with_huge_pages(environ, host_memory.glibc_version(), host_memory.thp_mode())
+  if tunables is None:
+    pytest.skip(f"no restart here: glibc {host_memory.glibc_version()}, THP mode {host_memory.thp_mode()}")
+  return environ
+
+
+_TOUCH_A_LARGE_BLOCK = """
+import ctypes, re
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+size = 64 * 2**20  # glibc maps a block this large on its own, as it does XLA's activations.
+ctypes.memset(libc.malloc(size), 1, size)  # Plain malloc: numpy would ask for huge pages itself.
+rollup = open("/proc/self/smaps_rollup").read()
+print(int(re.search(r"AnonHugePages:\\s+(\\d+) kB", rollup).group(1)) // 1024)
+"""
+
+
+def _huge_mib(environ: dict[str, str]) -> int:
+  result = subprocess.run([sys.executable, "-c", _TOUCH_A_LARGE_BLOCK], env=environ, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
+  return int(result.stdout)
+
+
+def test_the_tunable_gives_a_large_block_huge_pages():
+  """What the restart is for: with the tunable a process's 64 MiB block gets huge pages (all of it on an idle machine;
+  the kernel may find fewer free 2 MiB frames on a busy one), without it none."""
+  environ = _supported_environ()
+  tunables = host_memory.tunables_with_huge_pages(environ, host_memory.glibc_version(), host_memory.thp_mode())
+  with_tunable, without = _huge_mib({**environ, "GLIBC_TUNABLES": tunables}), _huge_mib(environ)
+  assert with_tunable >= 2 and without < with_tunable, (with_tunable, without)
