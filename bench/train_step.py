@@ -22,14 +22,15 @@ Both run on fixed random batches already in memory; the input pipeline is measur
 BatchNorm's batch statistics masked to the batch's real rows (the batch itself full), measured in turn with the
 others, and a ratio line of its step time over the unmasked step's.
 
-One JSON line per figure: images_per_s (batch / median step time), first_step_s (trace + compile + first run; for
-JAX split into trace_s, lower_s, compile_s, the rest being the run), gflop_per_step and gflop_per_s (XLA's flop count
-of the JAX step; the ratio line prices both frameworks' images/s with it), init_s (building the model: JAX's jitted
-init, Keras' layers), peak_rss_mb, peak_device_mb (GPU/TPU only), load_1m (the machine's load average at the end:
-other processes slow both sides alike). The first line says what ran: CPU model and features, cores, date, versions;
-then each framework's matrix-product GFLOP/s (`matmul_peak`), the ceiling of a step made of products. JAX
-reads JAX_COMPILATION_CACHE_DIR: set, a second run of the same figure measures the first step from a warm
-persistent cache.
+One JSON line per figure: images_per_s (batch / median step time), page_faults_per_step (minor faults: memory a step
+touches fresh, see `--huge_pages`), first_step_s (trace + compile + first run; for JAX split into trace_s, lower_s,
+compile_s, the rest being the run), gflop_per_step and gflop_per_s (XLA's flop count of the JAX step; the ratio line
+prices both frameworks' images/s with it), init_s (building the model: JAX's jitted init, Keras' layers),
+peak_rss_mb, peak_device_mb (GPU/TPU only), load_1m (the machine's load average at the end: other processes slow
+both sides alike). The first line says what ran: CPU model and features, cores, date, versions; then each
+framework's matrix-product GFLOP/s (`matmul_peak`), the ceiling of a step made of products. JAX reads
+JAX_COMPILATION_CACHE_DIR: set, a second run of the same figure measures the first step from a warm persistent
+cache.
 """
 
 import collections
@@ -48,6 +49,8 @@ from typing import Any
 
 from absl import app, flags
 from keras_tutorial import keras_tutorial_unet  # bench/ is this script's directory, so on sys.path.
+
+from unet_jax import host_memory
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("jax", "keras")
@@ -89,6 +92,13 @@ _PADDED_BATCHES = flags.DEFINE_bool(
   "Also time the JAX train step that masks BatchNorm to "
   "the real rows (data.drop_remainder=False), beside the unmasked one.",
 )
+_HUGE_PAGES = flags.DEFINE_enum(
+  "huge_pages",
+  "jax",
+  ["jax", "both", "none"],
+  "Whose figures run with glibc's huge pages for large blocks, as this package's commands restart themselves "
+  "(unet_jax.host_memory): 'jax' measures each side as its users run it; 'both' and 'none' compare like with like.",
+)
 _WORKER = flags.DEFINE_string(
   "worker", "", "Internal: run one figure, 'framework:mode:batch[:padded]', in this process."
 )
@@ -102,18 +112,21 @@ def peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB.
 
 
-def time_steps(run_step, steps: int) -> tuple[float, float]:
-  """(first call's seconds, median seconds of `steps` calls after one more warm-up); each call blocks."""
+def time_steps(run_step, steps: int) -> tuple[float, float, float]:
+  """(first call's seconds, median seconds of `steps` calls after one more warm-up, minor page faults per timed
+  call: the memory each call touches for the first time since the kernel handed it out); each call blocks."""
   start = time.perf_counter()
   run_step()
   first = time.perf_counter() - start
   run_step()
   times = []
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(steps):
     start = time.perf_counter()
     run_step()
     times.append(time.perf_counter() - start)
-  return first, statistics.median(times)
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+  return first, statistics.median(times), faults / steps
 
 
 # --- JAX: the trainer's step on the product's model. ---
@@ -179,7 +192,7 @@ def jax_figure(mode: str, batch_size: int, padded: bool = False) -> dict[str, An
       args[0], metrics = compiled(*args)
       jax.block_until_ready(metrics)
 
-  first, median = time_steps(run_step, _STEPS.value)
+  first, median, faults = time_steps(run_step, _STEPS.value)
   first += sum(parts.values())
   if _PROFILE.value:
     for row in profile_step(compiled, run_step):
@@ -191,6 +204,7 @@ def jax_figure(mode: str, batch_size: int, padded: bool = False) -> dict[str, An
   return {
     "first_step_s": first,
     "median_step_s": median,
+    "page_faults_per_step": round(faults),
     "gflop_per_step": round(cost.get("flops", 0.0) / 1e9, 1),
     "init_s": round(init, 2),
     **parts,
@@ -299,8 +313,14 @@ def keras_figure(mode: str, batch_size: int) -> dict[str, Any]:
       return loss
 
     run_step = lambda: train_step(images, masks).numpy()
-  first, median = time_steps(run_step, _STEPS.value)
-  return {"first_step_s": first, "median_step_s": median, "init_s": round(init, 2), "device": "cpu"}
+  first, median, faults = time_steps(run_step, _STEPS.value)
+  return {
+    "first_step_s": first,
+    "median_step_s": median,
+    "page_faults_per_step": round(faults),
+    "init_s": round(init, 2),
+    "device": "cpu",
+  }
 
 
 def matmul_peak(framework: str, size: int = 2048, calls: int = 10) -> list[dict[str, Any]]:
@@ -326,7 +346,7 @@ def matmul_peak(framework: str, size: int = 2048, calls: int = 10) -> list[dict[
     run = {"float32": lambda: tf.linalg.matmul(x, x).numpy()}
   rows = []
   for dtype, call in run.items():
-    _, seconds = time_steps(call, calls)
+    _, seconds, _ = time_steps(call, calls)
     rows.append({"dtype": dtype, "size": size, "gflop_per_s": round(2 * size**3 / seconds / 1e9, 1)})
   return rows
 
@@ -364,9 +384,20 @@ def run_worker(spec: str) -> None:
 # --- The driver: one subprocess per figure. ---
 
 
-def subprocess_lines(command: list[str]) -> list[dict[str, Any]]:
-  """Runs `command`, echoing and returning its JSON lines; a failure is reported as a line, not raised."""
+def worker_env(framework: str) -> dict[str, str]:
+  """The environment of `framework`'s figures: with huge pages for large blocks where `--huge_pages` says so and this
+  system gives them (`host_memory.tunables_with_huge_pages`)."""
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  if _HUGE_PAGES.value in (framework, "both"):
+    tunables = host_memory.tunables_with_huge_pages(env, host_memory.glibc_version(), host_memory.thp_mode())
+    env.update({"GLIBC_TUNABLES": tunables} if tunables else {})
+  return env
+
+
+def subprocess_lines(command: list[str], env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+  """Runs `command` (in `env`: by default this process's), echoing and returning its JSON lines; a failure is
+  reported as a line, not raised."""
+  env = env or worker_env("")
   result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
   rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
   for row in rows:
@@ -407,6 +438,9 @@ def machine() -> dict[str, Any]:
     "cpu_features": [name for name in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if name in cpu_flags],
     "cpus": os.cpu_count(),
     "python": sys.version.split()[0],
+    "glibc": ".".join(map(str, host_memory.glibc_version() or ())) or None,
+    "thp_mode": host_memory.thp_mode(),
+    "huge_pages": _HUGE_PAGES.value,
     **{name: importlib.metadata.version(name) for name in packages},
   }
 
@@ -428,7 +462,7 @@ def main(argv: list[str]) -> None:
   emit(figure="machine", **machine(), load_1m=round(os.getloadavg()[0], 2))
   if _MATMUL_PEAK.value:
     for framework in _FRAMEWORKS.value:
-      subprocess_lines([sys.executable, __file__, f"--worker=matmul_peak:{framework}"])
+      subprocess_lines([sys.executable, __file__, f"--worker=matmul_peak:{framework}"], worker_env(framework))
   for mode in _MODES.value:
     for batch in _BATCH_SIZES.value:
       variants = list(_FRAMEWORKS.value)
@@ -439,7 +473,8 @@ def main(argv: list[str]) -> None:
         for variant in variants:
           framework, *padded = variant.split(":")
           rows = subprocess_lines(
-            [sys.executable, __file__, f"--worker={':'.join([framework, mode, batch, *padded])}", *forwarded_flags()]
+            [sys.executable, __file__, f"--worker={':'.join([framework, mode, batch, *padded])}", *forwarded_flags()],
+            worker_env(framework),
           )
           figures[variant] += [row for row in rows if row["figure"] != "profile"][:1]
       if figures["jax"] and figures["keras"]:
