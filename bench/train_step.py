@@ -384,20 +384,14 @@ def run_worker(spec: str) -> None:
 # --- The driver: one subprocess per figure. ---
 
 
-def worker_env(framework: str) -> dict[str, str]:
-  """The environment of `framework`'s figures: with huge pages for large blocks where `--huge_pages` says so and this
-  system gives them (`host_memory.tunables_with_huge_pages`)."""
+def subprocess_lines(command: list[str], framework: str = "") -> list[dict[str, Any]]:
+  """Runs `command`, echoing and returning its JSON lines; a failure is reported as a line, not raised. A worker of
+  `framework` runs with huge pages for large blocks where `--huge_pages` names it and this system gives them
+  (`host_memory.tunables_with_huge_pages`)."""
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-  if _HUGE_PAGES.value in (framework, "both"):
+  if framework in FRAMEWORKS and _HUGE_PAGES.value in (framework, "both"):
     tunables = host_memory.tunables_with_huge_pages(env, host_memory.glibc_version(), host_memory.thp_mode())
     env.update({"GLIBC_TUNABLES": tunables} if tunables else {})
-  return env
-
-
-def subprocess_lines(command: list[str], env: dict[str, str] | None = None) -> list[dict[str, Any]]:
-  """Runs `command` (in `env`: by default this process's), echoing and returning its JSON lines; a failure is
-  reported as a line, not raised."""
-  env = env or worker_env("")
   result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
   rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
   for row in rows:
@@ -438,7 +432,7 @@ def machine() -> dict[str, Any]:
     "cpu_features": [name for name in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if name in cpu_flags],
     "cpus": os.cpu_count(),
     "python": sys.version.split()[0],
-    "glibc": ".".join(map(str, host_memory.glibc_version() or ())) or None,
+    "glibc": host_memory.glibc_version(),
     "thp_mode": host_memory.thp_mode(),
     "huge_pages": _HUGE_PAGES.value,
     **{name: importlib.metadata.version(name) for name in packages},
@@ -462,7 +456,7 @@ def main(argv: list[str]) -> None:
   emit(figure="machine", **machine(), load_1m=round(os.getloadavg()[0], 2))
   if _MATMUL_PEAK.value:
     for framework in _FRAMEWORKS.value:
-      subprocess_lines([sys.executable, __file__, f"--worker=matmul_peak:{framework}"], worker_env(framework))
+      subprocess_lines([sys.executable, __file__, f"--worker=matmul_peak:{framework}"], framework)
   for mode in _MODES.value:
     for batch in _BATCH_SIZES.value:
       variants = list(_FRAMEWORKS.value)
@@ -474,7 +468,7 @@ def main(argv: list[str]) -> None:
           framework, *padded = variant.split(":")
           rows = subprocess_lines(
             [sys.executable, __file__, f"--worker={':'.join([framework, mode, batch, *padded])}", *forwarded_flags()],
-            worker_env(framework),
+            framework,
           )
           figures[variant] += [row for row in rows if row["figure"] != "profile"][:1]
       if figures["jax"] and figures["keras"]:

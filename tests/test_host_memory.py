@@ -9,8 +9,6 @@ import pytest
 
 from unet_jax import host_memory
 
-MADVISE = "always [madvise] never\n"
-
 
 @pytest.mark.parametrize(
   ("environ", "glibc", "mode", "expected"),
@@ -38,7 +36,7 @@ def test_thp_mode_reads_the_bracketed_choice(tmp_path, monkeypatch):
   mode_file = tmp_path / "enabled"
   monkeypatch.setattr(host_memory, "_THP_MODE_FILE", mode_file)
   assert host_memory.thp_mode() is None
-  mode_file.write_text(MADVISE)
+  mode_file.write_text("always [madvise] never\n")
   assert host_memory.thp_mode() == "madvise"
 
 

@@ -55,9 +55,9 @@ def restart_with_huge_pages() -> None:
 
 def describe() -> str:
   """One line for a command's log: whether this process's large blocks get huge pages, and if not, why."""
+  mode = thp_mode()
   if TUNABLE in os.environ.get("GLIBC_TUNABLES", ""):
-    return f"GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']} (THP mode {thp_mode()})"
-  if thp_mode() == "always":
+    return f"GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']} (THP mode {mode})"
+  if mode == "always":
     return "huge pages for every large block (THP mode always)"
-  glibc = ".".join(map(str, glibc_version() or ())) or "absent"
-  return f"4 KiB pages (glibc {glibc}, THP mode {thp_mode()}): each step's fresh buffers fault page by page"
+  return f"4 KiB pages (glibc {glibc_version()}, THP mode {mode}): each step's fresh buffers fault page by page"
