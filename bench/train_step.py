@@ -12,7 +12,8 @@ Each figure (framework x mode x batch) runs in its own subprocess, so that its p
 pools are its own; JAX and Keras alternate, so that both see the same machine load, and a ratio line (JAX / Keras)
 follows each pair (with `--rounds=N`, the ratio of the medians of N alternating measurements). The JAX side is
 the product: the trainer's jitted step, `trainer.make_train_fn` (frozen encoder masked by the trainer's optimizer,
-donated state), and the model as `train_state.create_model` builds it. The Keras side is the tutorial's
+donated state, host memory as the train command sets it: `unet_jax.host_memory`), and the model as
+`train_state.create_model` builds it. The Keras side is the tutorial's
 model (tf.keras MobileNetV2 down stack + pix2pix up stack, random weights) trained by the fastest loop Keras offers
 that does the same work: a `tf.function` step with a GradientTape and Adam (no XLA: `jit_compile` is slower on CPU).
 Both run on fixed random batches already in memory; the input pipeline is measured on its own
@@ -138,6 +139,8 @@ def jax_figure(mode: str, batch_size: int, padded: bool = False) -> dict[str, An
 
   from unet_jax import default_config, sharding, train_state, trainer
 
+  if mode != "inference":
+    host_memory.reuse_freed_blocks()  # As the train command sets it, before JAX starts its CPU client.
   config = default_config.get_config()
   config.model.update(
     pretrained="",
@@ -182,6 +185,8 @@ def jax_figure(mode: str, batch_size: int, padded: bool = False) -> dict[str, An
   parts["lower_s"], start = time.perf_counter() - start, time.perf_counter()
   compiled = lowered.compile()
   parts["compile_s"] = time.perf_counter() - start
+  if mode != "inference":
+    host_memory.release_free_memory()  # As the trainer does after compiling.
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list | tuple) else cost  # A list of one on older jax.
 

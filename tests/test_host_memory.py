@@ -1,6 +1,8 @@
 """The commands' restart with huge pages for large blocks: when it happens, what it keeps, and that the tunable it
-sets gives a process huge pages where glibc and the kernel can."""
+sets gives a process huge pages where glibc and the kernel can; the trainer's reuse of freed blocks, and their
+release."""
 
+import json
 import os
 import subprocess
 import sys
@@ -72,3 +74,53 @@ def test_the_tunable_gives_a_large_block_huge_pages():
   tunables = host_memory.tunables_with_huge_pages(environ, host_memory.glibc_version(), host_memory.thp_mode())
   with_tunable, without = _huge_mib({**environ, "GLIBC_TUNABLES": tunables}), _huge_mib(environ)
   assert with_tunable >= 2 and without < with_tunable, (with_tunable, without)
+
+
+_FREE_AND_TOUCH_AGAIN = """
+import ctypes, json, resource, sys
+import jax
+from unet_jax import host_memory
+reused = host_memory.reuse_freed_blocks() if sys.argv[1] == "reuse" else None
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+size = 64 * 2**20  # As large as a step's buffers: without the settings, glibc maps and unmaps it.
+
+def rss_mib():
+  return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) // 1024
+
+def touch_and_free():
+  block = libc.malloc(size)
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  ctypes.memset(block, 1, size)
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+  libc.free(block)
+  return faults
+
+touch_and_free()
+faults, rss_freed = touch_and_free(), rss_mib()
+host_memory.release_free_memory()
+print(json.dumps({"reused": reused, "async": jax.config.values["jax_cpu_enable_async_dispatch"], "faults": faults,
+                  "freed_mib": rss_freed - rss_mib()}))
+"""
+
+
+def _free_and_touch_again(how: str) -> dict:
+  environ = {name: value for name, value in os.environ.items() if name != "GLIBC_TUNABLES"}  # 4 KiB pages.
+  result = subprocess.run(
+    [sys.executable, "-c", _FREE_AND_TOUCH_AGAIN, how], env=environ, capture_output=True, text=True
+  )
+  assert result.returncode == 0, result.stderr
+  return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_freed_large_blocks_are_reused_then_released():
+  """With the trainer's settings a freed 64 MiB block is the next one's memory (no page faults on touching it again),
+  and stays the process's until `release_free_memory`; without them every block is faulted in afresh."""
+  if host_memory.glibc_version() is None:
+    pytest.skip("glibc's malloc only")
+  reused, plain = _free_and_touch_again("reuse"), _free_and_touch_again("plain")
+  pages = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
+  assert reused["reused"] and reused["async"] is False and plain["async"] is True
+  assert reused["faults"] < pages // 16 < pages // 2 < plain["faults"], (reused, plain)
+  assert reused["freed_mib"] >= 48, reused  # Held until released, then returned.

@@ -139,6 +139,14 @@ def test_the_trainer_restarted_itself_with_huge_pages_where_the_system_gives_the
   assert re.search(r"Host memory: GLIBC_TUNABLES=\S*glibc\.malloc\.hugetlb=", log), log[:3000]
 
 
+def test_the_trainer_reuses_its_steps_freed_blocks_under_glibc(reference):
+  """`python -m unet_jax.train ...` keeps a step's freed buffers for the next (`host_memory.reuse_freed_blocks`)."""
+  if host_memory.glibc_version() is None:
+    pytest.skip("glibc's malloc only")
+  _, log = reference
+  assert re.search(r"Host memory: .*; freed blocks reused by the next step", log), log[:3000]
+
+
 def test_sigkill_and_restart_ends_bitwise_equal_to_an_uninterrupted_run(reference, tmp_path, synthetic_data_dir):  # noqa: F811
   workdir = tmp_path / "run"
   process = _start_trainer(workdir, synthetic_data_dir, tmp_path / "killed.log")

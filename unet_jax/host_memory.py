@@ -7,14 +7,23 @@ glibc 2.35+ with `glibc.malloc.hugetlb=1` marks those blocks for transparent hug
 faults) where the kernel gives them on request (THP mode "madvise"). glibc reads its tunables when a process starts,
 so the package's commands (`python -m unet_jax.<command>`) re-execute themselves with it, before any heavy import.
 A GLIBC_TUNABLES that already names the tunable (any value: `glibc.malloc.hugetlb=0` opts out) is left as it is.
+
+Huge pages still leave the kernel to zero every step's fresh blocks. The trainer goes further on the CPU backend
+(`reuse_freed_blocks`): each call runs on the calling thread, whose heap keeps the large blocks it frees, so the next
+step's buffers are the pages the last step touched; `release_free_memory` hands freed pages back after compiling and
+after evaluating, when the heap holds memory no train step will reuse.
 """
 
+import ctypes
 import os
 import pathlib
 import sys
 from collections.abc import Mapping
 
 TUNABLE = "glibc.malloc.hugetlb"
+# mallopt(3) parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
 _THP_MODE_FILE = pathlib.Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
@@ -61,3 +70,32 @@ def describe() -> str:
   if mode == "always":
     return "huge pages for every large block (THP mode always)"
   return f"4 KiB pages (glibc {glibc_version()}, THP mode {mode}): each step's fresh buffers fault page by page"
+
+
+def _libc() -> ctypes.CDLL | None:
+  """This process's glibc, or None under any other C library (where the functions below change nothing)."""
+  return ctypes.CDLL(None) if glibc_version() else None
+
+
+def reuse_freed_blocks() -> bool:
+  """Makes the CPU backend's steps reuse the host memory of the step before instead of faulting in fresh pages.
+
+  The CPU client then runs each call on the calling thread (not asynchronously), so a step's temporary buffers come
+  from that thread's heap, glibc's main arena, and at most one step's are alive; glibc keeps large blocks in that heap
+  (no mmap for them, no trimming) rather than unmapping them when they are freed. Call it before JAX creates its CPU
+  client (the first computation). Returns whether glibc took the settings.
+  """
+  import jax  # Here, not at the top: the package's import must stay light for the restart above.
+
+  jax.config.update("jax_cpu_enable_async_dispatch", False)
+  libc = _libc()
+  # -1 as the trim threshold is the largest size_t: the heap's top is never trimmed.
+  return bool(libc) and bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, -1))
+
+
+def release_free_memory() -> None:
+  """Returns the heap's free pages to the kernel (glibc's malloc_trim): the compiler's working memory after a
+  program's first call, or an eval's buffers, which the train step would not reuse."""
+  libc = _libc()
+  if libc:
+    libc.malloc_trim(0)

@@ -41,7 +41,8 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; options go as --flag=value.")
   cli.quiet_library_logs()
-  logging.info("Host memory: %s", host_memory.describe())
+  reused = host_memory.reuse_freed_blocks()  # Before JAX starts its CPU client.
+  logging.info("Host memory: %s%s", host_memory.describe(), "; freed blocks reused by the next step" if reused else "")
   use_compilation_cache(FLAGS.config.compilation_cache_dir)  # Before joining: a multi-host CPU run turns it off.
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   workdir = paths.resolve(FLAGS.workdir)

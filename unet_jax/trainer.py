@@ -24,6 +24,7 @@ from unet_jax import (
   distributed,
   errors,
   evaluation,
+  host_memory,
   losses,
   metric_writers,
   paths,
@@ -274,10 +275,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     eval_metrics: dict[str, Any] = {}
     throughput = metric_writers.Throughput(start_step, config.batch_size)
     divergence = _DivergenceWarning(config)
+    compiled = {}  # Each phase's train step, compiled when the phase first runs in this process.
     for step in range(start_step + 1, num_train_steps + 1):
-      state, step_metrics = train_fns[train_state.encoder_trains(config, step - 1)](
-        state, sharding.shard_batch(next(train_iter), mesh)
-      )
+      trains = train_state.encoder_trains(config, step - 1)
+      batch = sharding.shard_batch(next(train_iter), mesh)
+      if trains not in compiled:
+        compiled[trains] = train_fns[trains].lower(state, batch).compile()
+        host_memory.release_free_memory()  # The compiler's working memory, before the step needs its own.
+      state, step_metrics = compiled[trains](state, batch)
       if config.model.freeze_encoder and step == config.unfreeze_at_step:
         # Switch right after the step, so that a checkpoint of this step already has the unfrozen structure.
         state = jax.jit(
@@ -319,6 +324,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if save_now:
         checkpointing.save(manager, step, state, metrics=step_eval)
       if eval_now or save_now:
+        host_memory.release_free_memory()  # Their buffers, which the train step does not reuse.
         throughput.restart(step)  # Neither eval nor saving is training time.
       if preempted:
         preempted_at = step
