@@ -94,8 +94,8 @@ def reuse_freed_blocks() -> bool:
 
 
 def release_free_memory() -> None:
-  """Returns the heap's free pages to the kernel (glibc's malloc_trim): the compiler's working memory after a
-  program's first call, or an eval's buffers, which the train step would not reuse."""
+  """Returns the heap's free pages to the kernel (glibc's malloc_trim): the compiler's working memory once a program
+  has compiled, or an eval's buffers, which the train step would not reuse."""
   libc = _libc()
   if libc:
     libc.malloc_trim(0)
