@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from unet_jax import host_memory
@@ -124,3 +125,12 @@ def test_freed_large_blocks_are_reused_then_released():
   assert reused["reused"] and reused["async"] is False and plain["async"] is True
   assert reused["faults"] < pages // 16 < pages // 2 < plain["faults"], (reused, plain)
   assert reused["freed_mib"] >= 48, reused  # Held until released, then returned.
+
+
+def test_under_another_c_library_nothing_changes(monkeypatch):
+  """No glibc: the steps keep JAX's asynchronous dispatch, which only pays off with the heap settings."""
+  monkeypatch.setattr(host_memory, "_libc", lambda: None)
+  before = jax.config.values["jax_cpu_enable_async_dispatch"]
+  assert host_memory.reuse_freed_blocks() is False
+  assert jax.config.values["jax_cpu_enable_async_dispatch"] == before
+  host_memory.release_free_memory()  # A no-op there, not an error.

@@ -83,14 +83,16 @@ def reuse_freed_blocks() -> bool:
   The CPU client then runs each call on the calling thread (not asynchronously), so a step's temporary buffers come
   from that thread's heap, glibc's main arena, and at most one step's are alive; glibc keeps large blocks in that heap
   (no mmap for them, no trimming) rather than unmapping them when they are freed. Call it before JAX creates its CPU
-  client (the first computation). Returns whether glibc took the settings.
+  client (the first computation). Returns whether it did; under another C library it changes nothing.
   """
+  libc = _libc()
+  # -1 as the trim threshold is the largest size_t: the heap's top is never trimmed.
+  if not (libc and libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, -1)):
+    return False
   import jax  # Here, not at the top: the package's import must stay light for the restart above.
 
   jax.config.update("jax_cpu_enable_async_dispatch", False)
-  libc = _libc()
-  # -1 as the trim threshold is the largest size_t: the heap's top is never trimmed.
-  return bool(libc) and bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, -1))
+  return True
 
 
 def release_free_memory() -> None:
