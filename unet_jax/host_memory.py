@@ -11,7 +11,9 @@ A GLIBC_TUNABLES that already names the tunable (any value: `glibc.malloc.hugetl
 Huge pages still leave the kernel to zero every step's fresh blocks. The trainer goes further on the CPU backend
 (`reuse_freed_blocks`): each call runs on the calling thread, whose heap keeps the large blocks it frees, so the next
 step's buffers are the pages the last step touched; `release_free_memory` hands freed pages back after compiling and
-after evaluating, when the heap holds memory no train step will reuse.
+at each log point. The heap can split: XLA's worker threads allocate blocks there too (36 MiB ones in the step), and
+one still alive when the step's buffers are freed leaves the next step's to go above it, one step's buffers more
+until the next release.
 """
 
 import ctypes
@@ -97,7 +99,7 @@ def reuse_freed_blocks() -> bool:
 
 def release_free_memory() -> None:
   """Returns the heap's free pages to the kernel (glibc's malloc_trim): the compiler's working memory once a program
-  has compiled, or an eval's buffers, which the train step would not reuse."""
+  has compiled, an eval's buffers, or what a split heap left behind."""
   libc = _libc()
   if libc:
     libc.malloc_trim(0)

@@ -302,7 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       # A checkpoint at every eval too, so that the best one by mean IoU can be kept.
       save_now = step % checkpoint_every == 0 or is_last or eval_now or preempted
       if not (log_now or save_now):
-        continue  # Nothing leaves the device: the next steps are dispatched while this one runs.
+        continue  # Nothing leaves the device: on accelerators the next steps are dispatched while this one runs.
 
       fetched = jax.device_get(pending)
       _check_finite(fetched, manager)  # Before anything is saved.
@@ -323,8 +323,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         eval_metrics = step_eval
       if save_now:
         checkpointing.save(manager, step, state, metrics=step_eval)
+      # Free host memory back to the kernel: an eval's or a save's buffers, and any step buffers that a split heap
+      # left behind (host_memory.reuse_freed_blocks), so that it cannot grow between log points; the next step
+      # faults its buffers in once.
+      host_memory.release_free_memory()
       if eval_now or save_now:
-        host_memory.release_free_memory()  # Their buffers, which the train step does not reuse.
         throughput.restart(step)  # Neither eval nor saving is training time.
       if preempted:
         preempted_at = step
