@@ -17,6 +17,7 @@ until the next release.
 """
 
 import ctypes
+import functools
 import os
 import pathlib
 import sys
@@ -74,8 +75,10 @@ def describe() -> str:
   return f"4 KiB pages (glibc {glibc_version()}, THP mode {mode}): each step's fresh buffers fault page by page"
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
-  """This process's glibc, or None under any other C library (where the functions below change nothing)."""
+  """This process's glibc, or None under any other C library (where the functions below change nothing); looked up
+  once, as the trainer releases memory at every log point."""
   return ctypes.CDLL(None) if glibc_version() else None
 
 
