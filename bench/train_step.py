@@ -139,6 +139,7 @@ def jax_figure(mode: str, batch_size: int, padded: bool = False) -> dict[str, An
 
   from unet_jax import default_config, sharding, train_state, trainer
 
+  host_memory.release_after_compiles()  # As every command does.
   if mode != "inference":
     host_memory.reuse_freed_blocks()  # As the train command sets it, before JAX starts its CPU client.
   config = default_config.get_config()
@@ -183,10 +184,10 @@ def jax_figure(mode: str, batch_size: int, padded: bool = False) -> dict[str, An
   parts["trace_s"], start = time.perf_counter() - start, time.perf_counter()
   lowered = traced.lower()
   parts["lower_s"], start = time.perf_counter() - start, time.perf_counter()
-  compiled = lowered.compile()
+  compiled = lowered.compile(
+    {} if mode == "inference" else trainer.compiler_options(sharding.platform(mesh), mode == "trainable")
+  )
   parts["compile_s"] = time.perf_counter() - start
-  if mode != "inference":
-    host_memory.release_free_memory()  # As the trainer does after compiling.
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list | tuple) else cost  # A list of one on older jax.
 

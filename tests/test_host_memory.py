@@ -1,6 +1,6 @@
 """The commands' restart with huge pages for large blocks: when it happens, what it keeps, and that the tunable it
 sets gives a process huge pages where glibc and the kernel can; the trainer's reuse of freed blocks, and their
-release."""
+release, after every compile too."""
 
 import json
 import os
@@ -138,3 +138,31 @@ def test_under_another_c_library_nothing_changes(monkeypatch):
   assert host_memory.reuse_freed_blocks() is False
   assert jax.config.values["jax_cpu_enable_async_dispatch"] == before
   host_memory.release_free_memory()  # A no-op there, not an error.
+
+
+_COMPILE_UNDER_A_COMMAND = """
+import jax, numpy as np
+from unet_jax import cli, host_memory
+
+releases = []
+host_memory.release_free_memory = lambda: releases.append(1)
+
+def main(argv):
+  step = jax.jit(lambda x: x * 3 + 1)
+  x = np.arange(5, dtype=np.float32)
+  step(x)
+  compiled = len(releases)
+  step(x)
+  print(compiled, len(releases))
+
+cli.run(main, name="tool")
+"""
+
+
+def test_a_command_releases_free_memory_after_each_compile_only():
+  """Under `cli.run`, the compiler's working memory goes back once a program has compiled, before it runs; a call
+  that needs no compile releases nothing."""
+  result = subprocess.run([sys.executable, "-c", _COMPILE_UNDER_A_COMMAND], capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-3000:]
+  compiled, after_second_call = map(int, result.stdout.split())
+  assert compiled >= 1 and after_second_call == compiled, result.stdout

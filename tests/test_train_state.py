@@ -120,6 +120,27 @@ def test_bfloat16_train_step_keeps_float32_parameters_and_loss():
   assert step_metrics["loss"].dtype == np.float32
 
 
+def test_on_a_cpu_the_trainable_step_is_compiled_to_keep_fewer_activations_alive():
+  """`trainer.compiler_options`: XLA:CPU's memory-optimised schedule for the step that trains the encoder, which the
+  trainer compiles it with; nothing for the frozen-encoder step or another platform."""
+  config = train_testlib.tiny_config("")
+  model, txs = _tiny_model_and_optimizers(config)
+  mesh = sharding.make_mesh()
+  state = jax.eval_shape(train_state.make_init_fn(config, model, txs[True]))
+  batch = {
+    "image": jax.ShapeDtypeStruct((8, 64, 64, 3), np.float32),
+    "mask": jax.ShapeDtypeStruct((8, 64, 64), np.int32),
+    "weight": jax.ShapeDtypeStruct((8,), np.float32),
+  }
+  lowered = trainer.make_train_fn(config, model, txs[True], mesh).lower(state, batch)
+  options = trainer.compiler_options("cpu", train_encoder=True)
+  scheduled = lowered.compile(options).memory_analysis().temp_size_in_bytes
+  default = lowered.compile().memory_analysis().temp_size_in_bytes
+  assert scheduled < 0.85 * default, (scheduled, default)
+  assert trainer.compiler_options("cpu", train_encoder=False) == {}
+  assert trainer.compiler_options("gpu", train_encoder=True) == trainer.compiler_options("tpu", True) == {}
+
+
 # Float64 reassociation bound for what the forward pass alone computes (BatchNorm's statistics): unit roundoff
 # u = 2**-53 = 1.1e-16, times n <= 768 terms per reduction (3 rows of at most 16x16 pixels per BatchNorm), times an
 # allowance of 1e6 for the conditioning (BatchNorm's fast variance E[x^2] - E[x]^2 over 3 rows at 1x1 at the

@@ -23,7 +23,7 @@ from absl import app, flags, logging
 from ml_collections.config_flags import config_flags as ml_config_flags
 from ml_collections.config_flags import config_path
 
-from unet_jax import errors, paths
+from unet_jax import errors, host_memory, paths
 
 # The config fields that hold a path the user types: made absolute where they enter (`resolve_config_paths`).
 PATH_FIELDS = ("data.data_dir", "data.folder.root", "model.pretrained")
@@ -218,7 +218,7 @@ def run(main: Callable[[list[str]], Any], *, name: str, define_flags: Callable[[
   An `errors.UserError` from `main` prints `<name>: error: <message>` and exits 1, without a traceback; one from
   `define_flags` (where a `DEFINE_config_dict` flag applies its overrides: see `check_overrides`) is a flag error,
   reported as `parse_flags` reports one. absl's UsageError prints the usage as absl does; anything else is a bug and
-  keeps its traceback.
+  keeps its traceback. Every compile of `main` hands the compiler's memory back (`host_memory.release_after_compiles`).
   """
   if define_flags is not None:
     try:
@@ -227,6 +227,7 @@ def run(main: Callable[[list[str]], Any], *, name: str, define_flags: Callable[[
       _exit_flag_error(str(error))
 
   def main_reporting_user_errors(argv: list[str]) -> Any:
+    host_memory.release_after_compiles()
     try:
       return main(argv)
     except errors.UserError as error:
