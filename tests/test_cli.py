@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import pytest
 
 from unet_jax import cli, default_config, errors
@@ -180,3 +181,23 @@ def test_resolve_config_paths_makes_local_paths_absolute_under_the_cwd(tmp_path,
     assert (config.data.data_dir, config.model.pretrained) == ("gs://bucket/tfds", pretrained)
   assert cli.resolve_path_field("data.eval_split", "train") == "train"
   assert cli.resolve_path_field("data.folder.root", "pets") == str(tmp_path / "pets")
+
+
+def test_the_compilation_cache_is_the_configs_unless_jax_is_given_one(monkeypatch, tmp_path):
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+  before = jax.config.jax_compilation_cache_dir
+  min_compile_time = jax.config.jax_persistent_cache_min_compile_time_secs
+  try:
+    cli.use_compilation_cache("")
+    assert jax.config.jax_compilation_cache_dir == before
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == min_compile_time > 0
+    cli.use_compilation_cache("xla")  # Relative to where the command runs, as the workdir is.
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0  # The sub-second eval step too.
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "own"))
+    cli.use_compilation_cache(str(tmp_path / "other"))
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time)

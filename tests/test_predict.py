@@ -2,9 +2,11 @@
 
 import dataclasses
 import functools
+import json
 import logging
 import math
 import pathlib
+import shutil
 import subprocess
 import sys
 import types
@@ -458,6 +460,36 @@ def test_cli_writes_masks_and_overlays_and_reports_bad_files(trained, predictor,
       image = image_io.read_image(inputs / "odd" / name)
       assert mask.mode == "P" and overlay.size == mask.size == (image.shape[1], image.shape[0])
       np.testing.assert_array_equal(np.asarray(mask), predictor(image))
+
+
+def test_predict_and_evaluate_keep_their_programs_in_the_runs_compilation_cache(trained, tmp_path):  # noqa: F811
+  """A second predict or evaluate of a run loads its compiled programs, as a second train run of its config does."""
+  workdir = tmp_path / "run"
+  shutil.copytree(trained.workdir, workdir)
+  config = json.loads((workdir / checkpointing.CONFIG_FILE).read_text())
+  (workdir / checkpointing.CONFIG_FILE).write_text(
+    json.dumps({**config, "compilation_cache_dir": str(tmp_path / "xla")})
+  )
+  image = tmp_path / "image.png"
+  Image.fromarray(np.full((40, 30, 3), 90, np.uint8)).save(image)
+  env = {name: value for name, value in trainer_env().items() if name != "JAX_COMPILATION_CACHE_DIR"}
+  commands = {
+    "predict": [f"--workdir={workdir}", f"--output={tmp_path / 'out'}", str(image)],
+    "evaluate": [f"--workdir={workdir}", "--config.data.eval_split=test[:12]"],
+  }
+  programs = []
+  for command, arguments in commands.items():
+    result = subprocess.run(
+      [sys.executable, "-m", f"unet_jax.{command}", *arguments],
+      env=env,
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    programs.append(len(list((tmp_path / "xla").glob("*"))))
+  assert 0 < programs[0] < programs[1], programs  # Predict's programs, then the eval step's too.
 
 
 def test_no_images_is_an_error_before_any_model_loads(tmp_path):

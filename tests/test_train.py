@@ -349,23 +349,3 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, syn
     trainer.train_and_evaluate(train_testlib.tiny_config(synthetic_data_dir), str(workdir))
   assert _saved_steps(workdir) == [2]
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(_checkpoint(workdir, 2)["params"]))
-
-
-def test_the_compilation_cache_is_the_configs_unless_jax_is_given_one(monkeypatch, tmp_path):
-  monkeypatch.chdir(tmp_path)
-  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
-  before = jax.config.jax_compilation_cache_dir
-  min_compile_time = jax.config.jax_persistent_cache_min_compile_time_secs
-  try:
-    train.use_compilation_cache("")
-    assert jax.config.jax_compilation_cache_dir == before
-    assert jax.config.jax_persistent_cache_min_compile_time_secs == min_compile_time > 0
-    train.use_compilation_cache("xla")  # Relative to where the command runs, as the workdir is.
-    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
-    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0  # The sub-second eval step too.
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "own"))
-    train.use_compilation_cache(str(tmp_path / "other"))
-    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
-  finally:
-    jax.config.update("jax_compilation_cache_dir", before)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time)

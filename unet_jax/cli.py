@@ -1,4 +1,5 @@
-"""What every command's entry point shares: flag parsing, user errors without a traceback, and the user's paths.
+"""What every command's entry point shares: flag parsing, user errors without a traceback, the user's paths, and the
+compilation cache.
 
 Each program defines its flags in its `__main__` block (library modules define none) and calls
 `cli.run(main, name=..., define_flags=...)`. A problem the user can fix (a missing or broken config file, an override
@@ -18,6 +19,7 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+import jax
 import ml_collections
 from absl import app, flags, logging
 from ml_collections.config_flags import config_flags as ml_config_flags
@@ -235,6 +237,16 @@ def run(main: Callable[[list[str]], Any], *, name: str, define_flags: Callable[[
       sys.exit(1)
 
   app.run(main_reporting_user_errors, flags_parser=parse_flags)
+
+
+def use_compilation_cache(directory: str) -> None:
+  """JAX's persistent compilation cache in `directory` ("": none), unless $JAX_COMPILATION_CACHE_DIR names one: a
+  second run of the same config (or a second predict or evaluate of its run) loads its compiled programs instead of
+  compiling them again. Call it before the first compile. Every program is kept, not only those over JAX's one-second
+  default: the eval step and inference compile in about a second on a CPU."""
+  if directory and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", paths.resolve(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 def quiet_library_logs() -> None:

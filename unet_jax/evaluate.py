@@ -124,9 +124,11 @@ def write_json(workdir: str, metrics: Mapping[str, Any]) -> epath.Path:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; options go as --flag=value.")
-  distributed.initialize()
   options = flags.FLAGS
   workdir = paths.resolve(options.workdir)
+  checkpointing.check_workdir(workdir)
+  cli.use_compilation_cache(checkpointing.load_config(workdir).compilation_cache_dir)  # Before joining, as train.
+  distributed.initialize()
   overrides = {
     field: cli.resolve_path_field(field, value)
     for field, value in config_flags.get_override_values(options["config"]).items()

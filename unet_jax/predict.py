@@ -256,8 +256,11 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("Give the images to predict: files and/or directories after the flags.")
   options = flags.FLAGS
   files = find_inputs(inputs)
+  workdir = paths.resolve(options.workdir)
+  checkpointing.check_workdir(workdir)
+  cli.use_compilation_cache(checkpointing.load_config(workdir).compilation_cache_dir)
   predictor = Predictor.from_workdir(
-    paths.resolve(options.workdir), options.checkpoint, batch_size=options.batch_size, keep_size=options.keep_size
+    workdir, options.checkpoint, batch_size=options.batch_size, keep_size=options.keep_size
   )
   failures = predict_files(predictor, files, paths.resolve(options.output))
   if failures:

@@ -5,7 +5,6 @@ status of a preempted run.
 """
 
 import datetime
-import os
 import pathlib
 import signal
 import sys
@@ -28,22 +27,13 @@ def default_workdir(config_path: str) -> str:
   return paths.resolve(pathlib.Path("runs") / f"{pathlib.Path(config_path).stem}-{stamp}")
 
 
-def use_compilation_cache(directory: str) -> None:
-  """JAX's persistent compilation cache in `directory` ("": none), unless $JAX_COMPILATION_CACHE_DIR names one: a
-  second run of the same config loads its compiled programs instead of compiling them again. Every program is
-  kept, not only those over JAX's one-second default: the eval step compiles in about a second on a CPU."""
-  if directory and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    jax.config.update("jax_compilation_cache_dir", paths.resolve(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; options go as --flag=value.")
   cli.quiet_library_logs()
   reused = host_memory.reuse_freed_blocks()  # Before JAX starts its CPU client.
   logging.info("Host memory: %s%s", host_memory.describe(), "; freed blocks reused by the next step" if reused else "")
-  use_compilation_cache(FLAGS.config.compilation_cache_dir)  # Before joining: a multi-host CPU run turns it off.
+  cli.use_compilation_cache(FLAGS.config.compilation_cache_dir)  # Before joining: a multi-host CPU run turns it off.
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   workdir = paths.resolve(FLAGS.workdir)
   if not workdir:
