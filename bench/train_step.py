@@ -191,10 +191,13 @@ def jax_figure(mode: str, batch_size: int, padded: bool = False) -> dict[str, An
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list | tuple) else cost  # A list of one on older jax.
 
+  heap = host_memory.StepHeap(compiled.memory_analysis().temp_size_in_bytes)
+
   def run_step():
     if mode == "inference":
       jax.block_until_ready(compiled(*args))
     else:
+      heap.before_step()  # As the trainer does.
       args[0], metrics = compiled(*args)
       jax.block_until_ready(metrics)
 
@@ -213,6 +216,7 @@ def jax_figure(mode: str, batch_size: int, padded: bool = False) -> dict[str, An
     "page_faults_per_step": round(faults),
     "gflop_per_step": round(cost.get("flops", 0.0) / 1e9, 1),
     "init_s": round(init, 2),
+    **({} if mode == "inference" else {"heap_releases": heap.releases}),
     **parts,
     **device,
   }

@@ -110,9 +110,10 @@ print(json.dumps({"reused": reused, "async": jax.config.values["jax_cpu_enable_a
 """
 
 
-def _free_and_touch_again(how: str) -> dict:
+def _run_heap_script(script: str, how: str) -> dict:
+  """The JSON line `script` prints, run as `python -c script how` ("reuse": with the trainer's heap settings)."""
   result = subprocess.run(
-    [sys.executable, "-c", _FREE_AND_TOUCH_AGAIN, how], env=_environ_without_tunables(), capture_output=True, text=True
+    [sys.executable, "-c", script, how], env=_environ_without_tunables(), capture_output=True, text=True
   )
   assert result.returncode == 0, result.stderr
   return json.loads(result.stdout.splitlines()[-1])
@@ -123,12 +124,53 @@ def test_freed_large_blocks_are_reused_then_released():
   and stays the process's until `release_free_memory`; without them every block is faulted in afresh."""
   if host_memory.glibc_version() is None:
     pytest.skip("glibc's malloc only")
-  reused, plain = _free_and_touch_again("reuse"), _free_and_touch_again("plain")
+  reused, plain = _run_heap_script(_FREE_AND_TOUCH_AGAIN, "reuse"), _run_heap_script(_FREE_AND_TOUCH_AGAIN, "plain")
   pages = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
   assert reused["reused"] and reused["async"] is False and plain["async"] is True
   assert reused["faults"] < pages // 16, reused  # Its pages were kept.
   assert plain["faults"] > pages // 2, plain  # Mapped afresh: a fault a page.
   assert reused["freed_mib"] >= 48, reused  # Held until released, then returned.
+
+
+_SPLIT_HEAP = """
+import ctypes, json, sys
+from unet_jax import host_memory
+reused = host_memory.reuse_freed_blocks() if sys.argv[1] == "reuse" else None
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+size = 64 * 2**20
+
+def rss_mib():
+  return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) // 1024
+
+block = libc.malloc(size)  # A step's buffers,
+ctypes.memset(block, 1, size)
+fence = libc.malloc(2**20)  # and a block another thread allocated above them while they were alive.
+libc.free(block)
+heap = host_memory.StepHeap(size)
+releases, released_mib = [], []
+for step in range(3):
+  if step == 2:
+    libc.free(fence)  # The heap's top holds a step's buffers again.
+  before = rss_mib()
+  heap.before_step()
+  releases.append(heap.releases)
+  released_mib.append(before - rss_mib())
+print(json.dumps({"releases": releases, "released_mib": released_mib}))
+"""
+
+
+def test_a_split_heap_is_released_before_the_step_and_the_one_after():
+  """`StepHeap`: a step's freed buffers cut off from the heap's top (where the next step's could not go) are handed
+  back before that step, and the heap once more before the step after; a whole heap is left alone, as is a heap
+  that does not keep freed blocks."""
+  if host_memory.glibc_version() is None:
+    pytest.skip("glibc's malloc only")
+  split = _run_heap_script(_SPLIT_HEAP, "reuse")
+  assert split["releases"] == [1, 2, 2], split
+  assert split["released_mib"][0] >= 48, split  # The freed 64 MiB block's pages.
+  assert _run_heap_script(_SPLIT_HEAP, "plain")["releases"] == [0, 0, 0]
 
 
 def test_under_another_c_library_nothing_changes(monkeypatch):

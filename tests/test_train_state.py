@@ -105,16 +105,21 @@ def test_pretrained_weights_of_another_alpha_are_a_clear_error():
     )
 
 
+def _abstract_tiny_batch() -> dict[str, jax.ShapeDtypeStruct]:
+  """A batch of the tiny config (8 images of 64 px) as shapes, for steps that are only traced or compiled."""
+  return {
+    "image": jax.ShapeDtypeStruct((8, 64, 64, 3), np.float32),
+    "mask": jax.ShapeDtypeStruct((8, 64, 64), np.int32),
+    "weight": jax.ShapeDtypeStruct((8,), np.float32),
+  }
+
+
 def test_bfloat16_train_step_keeps_float32_parameters_and_loss():
   config = train_testlib.tiny_config("", {"model.dtype": "bfloat16"})
   model, txs = _tiny_model_and_optimizers(config)
   mesh = sharding.make_mesh()
   state = jax.eval_shape(train_state.make_init_fn(config, model, txs[False]))
-  batch = {
-    "image": jax.ShapeDtypeStruct((8, 64, 64, 3), np.float32),
-    "mask": jax.ShapeDtypeStruct((8, 64, 64), np.int32),
-    "weight": jax.ShapeDtypeStruct((8,), np.float32),
-  }
+  batch = _abstract_tiny_batch()
   state, step_metrics = jax.eval_shape(trainer.make_train_fn(config, model, txs[False], mesh), state, batch)
   assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {np.dtype(np.float32)}
   assert step_metrics["loss"].dtype == np.float32
@@ -127,11 +132,7 @@ def test_on_a_cpu_the_trainable_step_is_compiled_to_keep_fewer_activations_alive
   model, txs = _tiny_model_and_optimizers(config)
   mesh = sharding.make_mesh()
   state = jax.eval_shape(train_state.make_init_fn(config, model, txs[True]))
-  batch = {
-    "image": jax.ShapeDtypeStruct((8, 64, 64, 3), np.float32),
-    "mask": jax.ShapeDtypeStruct((8, 64, 64), np.int32),
-    "weight": jax.ShapeDtypeStruct((8,), np.float32),
-  }
+  batch = _abstract_tiny_batch()
   lowered = trainer.make_train_fn(config, model, txs[True], mesh).lower(state, batch)
   options = trainer.compiler_options("cpu", train_encoder=True)
   scheduled = lowered.compile(options).memory_analysis().temp_size_in_bytes

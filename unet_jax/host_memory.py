@@ -12,8 +12,9 @@ Huge pages still leave the kernel to zero every step's fresh blocks. The trainer
 (`reuse_freed_blocks`): each call runs on the calling thread, whose heap keeps the large blocks it frees, so the next
 step's buffers are the pages the last step touched; `release_free_memory` hands freed pages back at each log point.
 The heap can split: XLA's worker threads allocate blocks there too (36 MiB ones in the step), and one still alive
-when the step's buffers are freed leaves the next step's to go above it, one step's buffers more until the next
-release. Every command also hands the compiler's working memory back after each compile (`release_after_compiles`).
+when the step's buffers are freed can leave no free block large enough for the next step's, which would then go
+above, on fresh pages, one step's buffers more; `StepHeap` sees that before the step and hands the free pages back
+first. Every command also hands the compiler's working memory back after each compile (`release_after_compiles`).
 """
 
 import ctypes
@@ -29,6 +30,7 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 # JAX's monitoring event for an XLA compile (or a persistent cache load), recorded when it ends, before the run.
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_reusing = False  # Whether reuse_freed_blocks has set this process's heap up.
 _THP_MODE_FILE = pathlib.Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
@@ -77,11 +79,25 @@ def describe() -> str:
   return f"4 KiB pages (glibc {glibc_version()}, THP mode {mode}): each step's fresh buffers fault page by page"
 
 
+class _MallocInfo(ctypes.Structure):
+  """glibc's struct mallinfo2 (2.33+): the heap's figures in bytes."""
+
+  _fields_ = [
+    (name, ctypes.c_size_t)
+    for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+  ]
+
+
 @functools.cache
 def _libc() -> ctypes.CDLL | None:
   """This process's glibc, or None under any other C library (where the functions below change nothing); looked up
-  once, as the trainer releases memory at every log point."""
-  return ctypes.CDLL(None) if glibc_version() else None
+  once, as the trainer consults it before every step."""
+  if not glibc_version():
+    return None
+  libc = ctypes.CDLL(None)
+  if hasattr(libc, "mallinfo2"):
+    libc.mallinfo2.restype = _MallocInfo
+  return libc
 
 
 def reuse_freed_blocks() -> bool:
@@ -98,8 +114,35 @@ def reuse_freed_blocks() -> bool:
     return False
   import jax  # Here, not at the top: the package's import must stay light for the restart above.
 
+  global _reusing
   jax.config.update("jax_cpu_enable_async_dispatch", False)
+  _reusing = glibc_version() >= (2, 33)  # mallinfo2, for StepHeap.
   return True
+
+
+class StepHeap:
+  """Keeps a step's temporary buffers, `nbytes` a call, from adding to the heap where it has split.
+
+  `before_step()`: where the top of the main arena cannot hold `nbytes` (the last step's buffers were split off it),
+  the heap's free pages are handed back first, so that the step's fresh pages replace them instead of adding to
+  them; and once more before the next step, whose buffers go back where the last step's could not. Otherwise (and
+  unless `reuse_freed_blocks` set the heap up) it does nothing.
+  """
+
+  def __init__(self, nbytes: int):
+    self.nbytes = nbytes
+    self.releases = 0
+    self._released_last = False
+
+  def before_step(self) -> None:
+    libc = _libc()
+    if not (_reusing and libc):
+      return
+    split = libc.mallinfo2().keepcost < self.nbytes
+    if split or self._released_last:
+      libc.malloc_trim(0)
+      self.releases += 1
+    self._released_last = split and not self._released_last
 
 
 def release_free_memory() -> None:

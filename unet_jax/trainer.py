@@ -285,14 +285,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     eval_metrics: dict[str, Any] = {}
     throughput = metric_writers.Throughput(start_step, config.batch_size)
     divergence = _DivergenceWarning(config)
-    compiled = {}  # Each phase's train step, compiled with its XLA options when the phase first runs in this process.
+    # Each phase's train step, compiled with its XLA options when the phase first runs in this process, and the host
+    # heap its temporary buffers come from.
+    compiled: dict[bool, tuple[Any, host_memory.StepHeap]] = {}
     for step in range(start_step + 1, num_train_steps + 1):
       trains = train_state.encoder_trains(config, step - 1)
       batch = sharding.shard_batch(next(train_iter), mesh)
       if trains not in compiled:
-        options = compiler_options(sharding.platform(mesh), trains)
-        compiled[trains] = train_fns[trains].lower(state, batch).compile(options)
-      state, step_metrics = compiled[trains](state, batch)
+        program = train_fns[trains].lower(state, batch).compile(compiler_options(sharding.platform(mesh), trains))
+        compiled[trains] = program, host_memory.StepHeap(program.memory_analysis().temp_size_in_bytes)
+      program, heap = compiled[trains]
+      heap.before_step()
+      state, step_metrics = program(state, batch)
       if config.model.freeze_encoder and step == config.unfreeze_at_step:
         # Switch right after the step, so that a checkpoint of this step already has the unfrozen structure.
         state = jax.jit(
