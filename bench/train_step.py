@@ -191,7 +191,7 @@ def jax_figure(mode: str, batch_size: int, padded: bool = False) -> dict[str, An
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list | tuple) else cost  # A list of one on older jax.
 
-  heap = host_memory.StepHeap(compiled.memory_analysis().temp_size_in_bytes)
+  heap = host_memory.StepHeap.of(compiled)
 
   def run_step():
     if mode == "inference":

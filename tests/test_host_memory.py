@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import pytest
@@ -171,6 +172,15 @@ def test_a_split_heap_is_released_before_the_step_and_the_one_after():
   assert split["releases"] == [1, 2, 2], split
   assert split["released_mib"][0] >= 48, split  # The freed 64 MiB block's pages.
   assert _run_heap_script(_SPLIT_HEAP, "plain")["releases"] == [0, 0, 0]
+
+
+def test_a_step_heap_takes_its_size_from_the_program_or_never_releases():
+  """`StepHeap.of`: the temporaries XLA counts for a compiled program; a backend that counts none (memory_analysis()
+  is None) gives a heap that never releases, rather than an error."""
+  outer_sorted = jax.jit(lambda x: jax.numpy.sort(x[:, None] * x[None, :], axis=0).sum())  # A 1 MiB temporary.
+  compiled = outer_sorted.lower(jax.numpy.ones(512)).compile()
+  assert host_memory.StepHeap.of(compiled).nbytes == compiled.memory_analysis().temp_size_in_bytes > 0
+  assert host_memory.StepHeap.of(types.SimpleNamespace(memory_analysis=lambda: None)).nbytes == 0
 
 
 def test_under_another_c_library_nothing_changes(monkeypatch):

@@ -134,6 +134,12 @@ class StepHeap:
     self.releases = 0
     self._released_last = False
 
+  @classmethod
+  def of(cls, compiled) -> "StepHeap":
+    """For a compiled program (`jax.stages.Compiled`): its temporaries a call, as XLA counts them; 0 where the backend
+    does not say, and then it never releases."""
+    return cls(getattr(compiled.memory_analysis(), "temp_size_in_bytes", 0))
+
   def before_step(self) -> None:
     libc = _libc()
     if not (_reusing and libc):

@@ -293,7 +293,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       batch = sharding.shard_batch(next(train_iter), mesh)
       if trains not in compiled:
         program = train_fns[trains].lower(state, batch).compile(compiler_options(sharding.platform(mesh), trains))
-        compiled[trains] = program, host_memory.StepHeap(program.memory_analysis().temp_size_in_bytes)
+        compiled[trains] = program, host_memory.StepHeap.of(program)
       program, heap = compiled[trains]
       heap.before_step()
       state, step_metrics = program(state, batch)
