@@ -10,7 +10,8 @@ A GLIBC_TUNABLES that already names the tunable (any value: `glibc.malloc.hugetl
 
 Huge pages still leave the kernel to zero every step's fresh blocks. The trainer goes further on the CPU backend
 (`reuse_freed_blocks`): each call runs on the calling thread, whose heap keeps the large blocks it frees, so the next
-step's buffers are the pages the last step touched; `release_free_memory` hands freed pages back at each log point.
+step's buffers are the pages the last step touched; `release_free_memory` hands freed pages back after an eval or a
+save.
 The heap can split: XLA's worker threads allocate blocks there too (36 MiB ones in the step), and one still alive
 when the step's buffers are freed can leave no free block large enough for the next step's, which would then go
 above, on fresh pages, one step's buffers more; `StepHeap` sees that before the step and hands the free pages back

@@ -337,11 +337,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         eval_metrics = step_eval
       if save_now:
         checkpointing.save(manager, step, state, metrics=step_eval)
-      # Free host memory back to the kernel: an eval's or a save's buffers, and any step buffers that a split heap
-      # left behind (host_memory.reuse_freed_blocks), so that it cannot grow between log points; the next step
-      # faults its buffers in once.
-      host_memory.release_free_memory()
       if eval_now or save_now:
+        host_memory.release_free_memory()  # Their buffers, which the train step does not reuse (a split: StepHeap).
         throughput.restart(step)  # Neither eval nor saving is training time.
       if preempted:
         preempted_at = step
