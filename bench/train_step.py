@@ -175,7 +175,7 @@ def jax_figure(mode: str, batch_size: int, padded: bool = False) -> dict[str, An
     )
     args = [state, batch["image"]]
   else:
-    step = trainer.make_train_fn(config, model, tx, mesh)
+    step = trainer.make_train_fn(config, model, tx, mesh, train_encoder=mode == "trainable")
     args = [state, batch]
   # The first step's parts: tracing to a jaxpr, lowering to StableHLO, XLA's compile (or a persistent cache hit).
   parts = {}

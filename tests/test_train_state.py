@@ -44,7 +44,7 @@ def test_frozen_encoder_then_unfreeze_phase(synthetic_data_dir):  # noqa: F811
   batches = [sharding.shard_batch(next(stream), mesh) for _ in range(NUM_STEPS)]
   model, txs = _tiny_model_and_optimizers(config)
   # The trainer's own jitted functions (the persistent compilation cache then serves both test modules).
-  steps = {trains: trainer.make_train_fn(config, model, tx, mesh) for trains, tx in txs.items()}
+  steps = {trains: trainer.make_train_fn(config, model, tx, mesh, train_encoder=trains) for trains, tx in txs.items()}
   initial = jax.device_get(train_state.jit_init_fn(config, model, txs[False], mesh)())
   # Compiled without LLVM's optimisation, the init draws what the optimised program draws.
   optimised = jax.device_get(jax.jit(train_state.make_init_fn(config, model, txs[False]))())
@@ -91,6 +91,29 @@ def test_frozen_encoder_then_unfreeze_phase(synthetic_data_dir):  # noqa: F811
   )
 
 
+def test_a_frozen_encoders_step_differentiates_the_decoder_alone_to_the_same_new_state():
+  """The frozen-encoder step takes no gradient through the encoder, whose optimizer would discard it: under 0.6x the
+  equations of the same step differentiating everything (0.39x for the tiny model), and the same new state."""
+  config = train_testlib.tiny_config("")
+  model, txs = _tiny_model_and_optimizers(config)
+  mesh = sharding.make_mesh()
+  steps = {trains: trainer.make_train_fn(config, model, txs[False], mesh, train_encoder=trains) for trains in (0, 1)}
+  state = jax.device_get(train_state.jit_init_fn(config, model, txs[False], mesh)())
+  rng = np.random.default_rng(0)
+  batch = {
+    "image": rng.uniform(-1, 1, (8, 64, 64, 3)).astype(np.float32),
+    "mask": rng.integers(0, config.model.num_classes, (8, 64, 64)).astype(np.int32),
+    "weight": np.ones(8, np.float32),
+  }
+  equations = {trains: len(step.trace(state, batch).jaxpr.eqns) for trains, step in steps.items()}
+  assert equations[0] < 0.6 * equations[1], equations
+  # Each step donates a copy: the CPU backend can run on a host array's memory, which donating would overwrite.
+  decoder_only, everything = (jax.device_get(steps[trains](jax.tree.map(np.copy, state), batch)) for trains in (0, 1))
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6), decoder_only, everything)
+  # The schedule's first learning rate is 0: the gradients show in Adam's moments.
+  assert any(_changed(state.opt_state, decoder_only[0].opt_state))
+
+
 def test_pretrained_weights_of_another_alpha_are_a_clear_error():
   config = train_testlib.tiny_config("")
   model, txs = _tiny_model_and_optimizers(config)
@@ -120,7 +143,9 @@ def test_bfloat16_train_step_keeps_float32_parameters_and_loss():
   mesh = sharding.make_mesh()
   state = jax.eval_shape(train_state.make_init_fn(config, model, txs[False]))
   batch = _abstract_tiny_batch()
-  state, step_metrics = jax.eval_shape(trainer.make_train_fn(config, model, txs[False], mesh), state, batch)
+  state, step_metrics = jax.eval_shape(
+    trainer.make_train_fn(config, model, txs[False], mesh, train_encoder=False), state, batch
+  )
   assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {np.dtype(np.float32)}
   assert step_metrics["loss"].dtype == np.float32
 
@@ -133,7 +158,7 @@ def test_on_a_cpu_the_trainable_step_is_compiled_to_keep_fewer_activations_alive
   mesh = sharding.make_mesh()
   state = jax.eval_shape(train_state.make_init_fn(config, model, txs[True]))
   batch = _abstract_tiny_batch()
-  lowered = trainer.make_train_fn(config, model, txs[True], mesh).lower(state, batch)
+  lowered = trainer.make_train_fn(config, model, txs[True], mesh, train_encoder=True).lower(state, batch)
   options = trainer.compiler_options("cpu", train_encoder=True)
   scheduled = lowered.compile(options).memory_analysis().temp_size_in_bytes
   default = lowered.compile().memory_analysis().temp_size_in_bytes
@@ -230,6 +255,7 @@ def test_padding_rows_change_nothing_a_batch_of_the_real_rows_alone_would_not():
         class_weights=(),
         dice_weight=0.0,
         padded_batches=True,
+        train_encoder=True,
       )
     )
     from_fifty, from_noise, from_real = [

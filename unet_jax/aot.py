@@ -257,7 +257,10 @@ def compile_for(
     tx = train_state.make_optimizer(config, num_train_steps, train_encoder=trains)
     state = train_state.abstract_state(config, model, tx, mesh)
     if kind == "train":
-      fn, batch = trainer.make_train_fn(config, model, tx, mesh), _abstract_batch(config, mesh, config.data.image_size)
+      fn, batch = (
+        trainer.make_train_fn(config, model, tx, mesh, train_encoder=trains),
+        _abstract_batch(config, mesh, config.data.image_size),
+      )
     else:
       mask_size = config.data.eval_mask_size or config.data.image_size
       fn, batch = evaluation.make_eval_fn(config, model, mesh), _abstract_batch(config, mesh, mask_size)

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -44,11 +45,15 @@ def train_step(
   class_weights: tuple[float, ...],
   dice_weight: float,
   padded_batches: bool,
+  train_encoder: bool,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on the batch's real examples: rows of weight 0 (the padding of an epoch's partial batch)
   enter neither the loss nor BatchNorm's batch statistics. `padded_batches`: whether the stream pads at all
   (data.drop_remainder=False); only then is BatchNorm handed the mask of real rows, which costs time on a CPU
-  (`bench/train_step.py --padded_batches` measures it)."""
+  (`bench/train_step.py --padded_batches` measures it).
+
+  Without `train_encoder` (a frozen encoder, whose optimizer is `set_to_zero`) only the decoder is differentiated:
+  the encoder's gradients would be discarded, and tracing their backward pass is a third of the step's trace."""
   dropout_rng = jax.random.fold_in(state.rng, state.step)
   weight = batch["weight"]
   real_examples = weight > 0 if padded_batches else None
@@ -56,9 +61,9 @@ def train_step(
   def weighted_mean(values: jax.Array) -> jax.Array:
     return (values * weight).sum() / weight.sum()
 
-  def loss_fn(params):
+  def loss_fn(trained, fixed):
     logits, updates = model.apply(
-      {"params": params, "batch_stats": state.batch_stats},
+      {"params": {**trained, **fixed}, "batch_stats": state.batch_stats},
       batch["image"],
       train=True,
       real_examples=real_examples,
@@ -68,7 +73,10 @@ def train_step(
     loss = losses.segmentation_loss(logits, batch["mask"], class_weights=class_weights, dice_weight=dice_weight)
     return weighted_mean(loss), (logits, updates["batch_stats"])
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  fixed = {} if train_encoder else {train_state.ENCODER: state.params[train_state.ENCODER]}
+  trained = {name: subtree for name, subtree in state.params.items() if name not in fixed}
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained, fixed)
+  grads = {**grads, **jax.tree.map(jnp.zeros_like, fixed)}
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   state = state.replace(
     step=state.step + 1, params=optax.apply_updates(state.params, updates), batch_stats=batch_stats, opt_state=opt_state
@@ -77,8 +85,16 @@ def train_step(
   return state, {"loss": loss, "pixel_accuracy": pixel_accuracy}
 
 
-def make_train_fn(config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh):
-  """The jitted train step: state replicated and donated, batch split over the data axis."""
+def make_train_fn(
+  config: ml_collections.ConfigDict,
+  model,
+  tx: optax.GradientTransformation,
+  mesh: jax.sharding.Mesh,
+  *,
+  train_encoder: bool,
+):
+  """The jitted train step: state replicated and donated, batch split over the data axis. `train_encoder` is the
+  phase `tx` was made for (`train_state.make_optimizer`)."""
   return jax.jit(
     functools.partial(
       train_step,
@@ -87,6 +103,7 @@ def make_train_fn(config: ml_collections.ConfigDict, model, tx: optax.GradientTr
       class_weights=tuple(config.class_weights),
       dice_weight=config.dice_weight,
       padded_batches=not config.data.drop_remainder,
+      train_encoder=train_encoder,
     ),
     in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
     out_shardings=sharding.replicated(mesh),
@@ -243,7 +260,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model = train_state.create_model(config.model, sharding.platform(mesh))
   phases = {train_state.encoder_trains(config, 0), train_state.encoder_trains(config, num_train_steps)}
   optimizers = {trains: train_state.make_optimizer(config, num_train_steps, train_encoder=trains) for trains in phases}
-  train_fns = {trains: make_train_fn(config, model, tx, mesh) for trains, tx in optimizers.items()}
+  train_fns = {
+    trains: make_train_fn(config, model, tx, mesh, train_encoder=trains) for trains, tx in optimizers.items()
+  }
   evaluator = evaluation.Evaluator(config, model, mesh)
   replicated = sharding.replicated(mesh)
 
