@@ -25,13 +25,13 @@ others, and a ratio line of its step time over the unmasked step's.
 
 One JSON line per figure: images_per_s (batch / median step time), page_faults_per_step (minor faults: memory a step
 touches fresh, see `--huge_pages`), first_step_s (trace + compile + first run; for JAX split into trace_s, lower_s,
-compile_s, the rest being the run), gflop_per_step and gflop_per_s (XLA's flop count of the JAX step; the ratio line
-prices both frameworks' images/s with it), init_s (building the model: JAX's jitted init, Keras' layers),
-peak_rss_mb, peak_device_mb (GPU/TPU only), load_1m (the machine's load average at the end: other processes slow
-both sides alike). The first line says what ran: CPU model and features, cores, date, versions; then each
-framework's matrix-product GFLOP/s (`matmul_peak`), the ceiling of a step made of products. JAX reads
-JAX_COMPILATION_CACHE_DIR: set, a second run of the same figure measures the first step from a warm persistent
-cache.
+compile_s, the rest being the run, with compile_cpu_s, the CPU seconds of XLA's compile on all its threads, and kernels,
+the fusions it generated code for), gflop_per_step and gflop_per_s (XLA's flop count of the JAX step; the ratio line
+prices both frameworks' images/s with it), init_s (building the model: JAX's jitted init, Keras' layers), peak_rss_mb,
+peak_device_mb (GPU/TPU only), load_1m (the machine's load average at the end: other processes slow both sides alike).
+The first line says what ran: CPU model and features, cores, date, versions; then each framework's matrix-product
+GFLOP/s (`matmul_peak`), the ceiling of a step made of products. JAX reads JAX_COMPILATION_CACHE_DIR: set, a second run
+of the same figure measures the first step from a warm persistent cache.
 """
 
 import collections
@@ -113,6 +113,18 @@ def peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB.
 
 
+def process_cpu_s() -> float:
+  """This process's CPU seconds so far, all threads (XLA compiles a program's kernels on several)."""
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
+def compiled_kernels(hlo: str) -> int:
+  """The fusions of a compiled program that XLA generates code for (the library calls it makes aside): the count
+  its compile time grows with."""
+  return len(re.findall(r"kind=k(?:Loop|Input|Output)\b", hlo))
+
+
 def time_steps(run_step, steps: int) -> tuple[float, float, float]:
   """(first call's seconds, median seconds of `steps` calls after one more warm-up, minor page faults per timed
   call: the memory each call touches for the first time since the kernel handed it out); each call blocks."""
@@ -184,10 +196,12 @@ def jax_figure(mode: str, batch_size: int, padded: bool = False) -> dict[str, An
   parts["trace_s"], start = time.perf_counter() - start, time.perf_counter()
   lowered = traced.lower()
   parts["lower_s"], start = time.perf_counter() - start, time.perf_counter()
+  cpu_start = process_cpu_s()
   compiled = lowered.compile(
     {} if mode == "inference" else trainer.compiler_options(sharding.platform(mesh), mode == "trainable")
   )
   parts["compile_s"] = time.perf_counter() - start
+  parts["compile_cpu_s"] = process_cpu_s() - cpu_start
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list | tuple) else cost  # A list of one on older jax.
 
@@ -202,7 +216,7 @@ def jax_figure(mode: str, batch_size: int, padded: bool = False) -> dict[str, An
       jax.block_until_ready(metrics)
 
   first, median, faults = time_steps(run_step, _STEPS.value)
-  first += sum(parts.values())
+  first += parts["trace_s"] + parts["lower_s"] + parts["compile_s"]
   if _PROFILE.value:
     for row in profile_step(compiled, run_step):
       emit(figure="profile", framework="jax", mode=mode, batch=batch_size, **row)
@@ -215,6 +229,7 @@ def jax_figure(mode: str, batch_size: int, padded: bool = False) -> dict[str, An
     "median_step_s": median,
     "page_faults_per_step": round(faults),
     "gflop_per_step": round(cost.get("flops", 0.0) / 1e9, 1),
+    "kernels": compiled_kernels(compiled.as_text()),
     "init_s": round(init, 2),
     **({} if mode == "inference" else {"heap_releases": heap.releases}),
     **parts,
