@@ -258,9 +258,12 @@ def main(argv: Sequence[str]) -> None:
   files = find_inputs(inputs)
   workdir = paths.resolve(options.workdir)
   checkpointing.check_workdir(workdir)
-  cli.use_compilation_cache(checkpointing.load_config(workdir).compilation_cache_dir)
-  predictor = Predictor.from_workdir(
-    workdir, options.checkpoint, batch_size=options.batch_size, keep_size=options.keep_size
+  config = checkpointing.load_config(workdir)
+  cli.use_compilation_cache(config.compilation_cache_dir)  # Before anything compiles.
+  predictor = Predictor.from_run(
+    checkpointing.load_run(workdir, options.checkpoint, config),
+    batch_size=options.batch_size,
+    keep_size=options.keep_size,
   )
   failures = predict_files(predictor, files, paths.resolve(options.output))
   if failures:
